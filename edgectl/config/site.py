@@ -1,0 +1,164 @@
+"""Typed model of a site file. Field names are the TOML keys; units are in the names.
+
+Shape and per-field checks live here (pydantic reports every one at once, with its
+key path). Checks across entries (ids, references, connectivity) live in
+`edgectl.config.load`, which is what `edgectl check-config` and the daemon call.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SourceKind = Literal["pv", "wind", "bess", "grid"]
+DROOP_KINDS = ("bess", "grid")  # converters that hold the bus voltage by droop
+RENEWABLE_KINDS = ("pv", "wind")  # constant-power (MPPT) injections
+_BESS_KEYS = ("p_charge_max_w", "capacity_wh", "soc_min", "soc_max")
+_DROOP_KEYS = ("v_ref_v", "droop_r_ohm", "i_max_a")
+
+
+def _kinds_having(key: str) -> str:
+    """Name the source kinds that take a kind-specific key, for messages."""
+    return "kind bess" if key in _BESS_KEYS else "kinds " + " and ".join(DROOP_KINDS)
+
+
+def _num(x: float) -> str:
+    """A number as an operator wrote it: 120000, not 120000.0."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+class _Strict(BaseModel):
+    # Refuse, never repair: unknown keys are errors, "12" is not a number and neither is
+    # inf or nan (TOML allows both; no rating or resistance of a real site is either).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class SiteInfo(_Strict):
+    id: str = Field(min_length=1)
+    v_nominal_v: float = Field(gt=0)
+    latitude_deg: float = Field(default=40.0, ge=-90, le=90)
+
+
+class Control(_Strict):
+    period_s: float = Field(default=1.0, ge=0.1, le=60)
+    v_min_pu: float = Field(default=0.95, gt=0, lt=1)
+    v_max_pu: float = Field(default=1.05, gt=1, lt=2)
+    green_share_min: float = Field(default=0.8, ge=0, le=1)
+    grid_import_max_w: float = Field(ge=0)
+    ride_through_s: float = Field(default=300.0, ge=0)
+    # A rack that was switched off comes back only when the spare supply exceeds its
+    # p_min_w by this fraction and it has been off this long: hysteresis against flapping.
+    rack_on_margin: float = Field(default=0.2, ge=0, le=10)
+    rack_min_off_s: float = Field(default=30.0, ge=0)
+
+
+class Bus(_Strict):
+    id: str = Field(min_length=1)
+    v_nominal_v: float | None = Field(default=None, gt=0)
+
+
+class Line(_Strict):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str = Field(min_length=1)
+    from_bus: str = Field(alias="from", min_length=1)
+    to_bus: str = Field(alias="to", min_length=1)
+    r_ohm: float = Field(gt=0)
+    i_max_a: float = Field(gt=0)
+
+
+class Source(_Strict):
+    id: str = Field(min_length=1)
+    kind: SourceKind
+    bus: str = Field(min_length=1)
+    p_max_w: float = Field(ge=0)
+    device: str | None = None
+    # battery only
+    p_charge_max_w: float | None = Field(default=None, ge=0)
+    capacity_wh: float | None = Field(default=None, gt=0)
+    soc_min: float | None = Field(default=None, ge=0, le=1)
+    soc_max: float | None = Field(default=None, ge=0, le=1)
+    # droop-controlled converters (bess, grid): I = (v_ref_v - V) / droop_r_ohm, |I| <= i_max_a
+    v_ref_v: float | None = Field(default=None, gt=0)
+    droop_r_ohm: float | None = Field(default=None, gt=0)
+    i_max_a: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> Source:
+        needed: tuple[str, ...] = ()
+        if self.kind == "bess":
+            needed = _BESS_KEYS
+        if self.kind in DROOP_KINDS:
+            needed += _DROOP_KEYS
+        allowed = set(needed)
+        missing = [k for k in needed if getattr(self, k) is None]
+        extra = [
+            k
+            for k in (*_BESS_KEYS, *_DROOP_KEYS)
+            if k not in allowed and getattr(self, k) is not None
+        ]
+        problems = [f'{k}: missing required key for kind "{self.kind}"' for k in missing]
+        problems += [
+            f'{k}: not a key of kind "{self.kind}" (only for {_kinds_having(k)})' for k in extra
+        ]
+        if (
+            self.kind == "bess"
+            and self.soc_min is not None
+            and self.soc_max is not None
+            and self.soc_min >= self.soc_max
+        ):
+            problems.append(
+                f"soc_min: must be below soc_max, got {_num(self.soc_min)} >= {_num(self.soc_max)}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def is_droop(self) -> bool:
+        return self.kind in DROOP_KINDS
+
+
+class Rack(_Strict):
+    id: str = Field(min_length=1)
+    bus: str = Field(min_length=1)
+    p_min_w: float = Field(ge=0)
+    p_max_w: float = Field(gt=0)
+    tier: int = Field(ge=0, le=3)
+    ramp_w_per_s: float = Field(gt=0)
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Rack:
+        if self.p_min_w > self.p_max_w:
+            raise ValueError(
+                f"p_min_w: must not exceed p_max_w, got {_num(self.p_min_w)} > {_num(self.p_max_w)}"
+            )
+        return self
+
+
+class Device(_Strict):
+    id: str = Field(min_length=1)
+    protocol: Literal["modbus-tcp", "modbus-rtu", "opcua", "redfish"]
+    endpoint: str = Field(min_length=1)
+    unit: int = Field(default=1, ge=0, le=255)
+    profile: str = Field(min_length=1)
+
+
+class Site(_Strict):
+    model_config = ConfigDict(populate_by_name=True)
+
+    site: SiteInfo
+    control: Control
+    buses: list[Bus] = Field(alias="bus", min_length=1)
+    lines: list[Line] = Field(alias="line", default_factory=list)
+    sources: list[Source] = Field(alias="source", min_length=1)
+    racks: list[Rack] = Field(alias="rack", default_factory=list)
+    devices: list[Device] = Field(alias="device", default_factory=list)
+
+    def bus_v_nominal_v(self, bus: Bus) -> float:
+        return bus.v_nominal_v if bus.v_nominal_v is not None else self.site.v_nominal_v
+
+    def sources_of(self, *kinds: str) -> list[Source]:
+        return [s for s in self.sources if s.kind in kinds]

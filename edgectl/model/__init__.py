@@ -1,0 +1,1 @@
+"""Site-level models built from the configuration: network, dispatch inputs."""
