@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from edgectl import __version__
-from edgectl.errors import EXIT_INTERNAL, EXIT_USAGE, EdgeError
+from edgectl.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, EdgeError
 
 # subcommand -> module in edgectl.cli
 COMMANDS = {
@@ -63,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error. Silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # a bug: keep the operator's screen clean, keep the detail
         if args.debug:
             raise

@@ -16,11 +16,16 @@ DROOP_KINDS = ("bess", "grid")  # converters that hold the bus voltage by droop
 RENEWABLE_KINDS = ("pv", "wind")  # constant-power (MPPT) injections
 _BESS_KEYS = ("p_charge_max_w", "capacity_wh", "soc_min", "soc_max")
 _DROOP_KEYS = ("v_ref_v", "droop_r_ohm", "i_max_a")
+_GRID_KEYS = ("p_export_max_w",)  # optional
 
 
 def _kinds_having(key: str) -> str:
     """Name the source kinds that take a kind-specific key, for messages."""
-    return "kind bess" if key in _BESS_KEYS else "kinds " + " and ".join(DROOP_KINDS)
+    if key in _BESS_KEYS:
+        return "kind bess"
+    if key in _GRID_KEYS:
+        return "kind grid"
+    return "kinds " + " and ".join(DROOP_KINDS)
 
 
 def _num(x: float) -> str:
@@ -83,6 +88,9 @@ class Source(_Strict):
     v_ref_v: float | None = Field(default=None, gt=0)
     droop_r_ohm: float | None = Field(default=None, gt=0)
     i_max_a: float | None = Field(default=None, gt=0)
+    # grid only: most the tie may export; 0 for a site that must not feed back. Unset, the
+    # tie's droop works both ways up to i_max_a.
+    p_export_max_w: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _keys_of_kind(self) -> Source:
@@ -91,11 +99,11 @@ class Source(_Strict):
             needed = _BESS_KEYS
         if self.kind in DROOP_KINDS:
             needed += _DROOP_KEYS
-        allowed = set(needed)
+        allowed = set(needed) | (set(_GRID_KEYS) if self.kind == "grid" else set())
         missing = [k for k in needed if getattr(self, k) is None]
         extra = [
             k
-            for k in (*_BESS_KEYS, *_DROOP_KEYS)
+            for k in (*_BESS_KEYS, *_DROOP_KEYS, *_GRID_KEYS)
             if k not in allowed and getattr(self, k) is not None
         ]
         problems = [f'{k}: missing required key for kind "{self.kind}"' for k in missing]
@@ -118,6 +126,14 @@ class Source(_Strict):
     @property
     def is_droop(self) -> bool:
         return self.kind in DROOP_KINDS
+
+    def droop_current_limits_a(self) -> tuple[float, float]:
+        """(most absorbed, most injected) current of a droop converter, in A."""
+        i_max = self.i_max_a if self.i_max_a is not None else 0.0
+        absorb = i_max
+        if self.p_export_max_w is not None and self.v_ref_v:
+            absorb = min(i_max, self.p_export_max_w / self.v_ref_v)
+        return -absorb, i_max
 
 
 class Rack(_Strict):

@@ -62,8 +62,8 @@ def build_network(
         droop_bus=np.array([bus_index[s.bus] for s in droop], dtype=np.intp),
         droop_r_ohm=np.array([s.droop_r_ohm for s in droop], dtype=np.float64),
         droop_v_ref_v=np.array([s.v_ref_v for s in droop], dtype=np.float64),
-        droop_i_min_a=np.array([-(s.i_max_a or 0.0) for s in droop], dtype=np.float64),
-        droop_i_max_a=np.array([s.i_max_a for s in droop], dtype=np.float64),
+        droop_i_min_a=np.array([s.droop_current_limits_a()[0] for s in droop], dtype=np.float64),
+        droop_i_max_a=np.array([s.droop_current_limits_a()[1] for s in droop], dtype=np.float64),
     )
     return SiteNetwork(site, bus_index, droop, fixed, PowerFlow(topology, implementation=implementation))
 
@@ -108,8 +108,8 @@ def report(
     for src in site.sources:
         entry: dict[str, Any] = {"id": src.id, "kind": src.kind}
         if src.id in droop_p:
-            entry["p_w"] = float(droop_p[src.id])
-            entry["i_a"] = float(droop_i[src.id])
+            entry["p_w"] = float(droop_p[src.id]) + 0.0  # + 0.0: no "-0.0" in the output
+            entry["i_a"] = float(droop_i[src.id]) + 0.0
             entry["at_current_limit"] = bool(saturated[src.id])
         else:
             entry["p_w"] = float(source_p_w.get(src.id, 0.0))
@@ -164,7 +164,9 @@ def violations(
     for entry in sources:
         src = by_id[entry["id"]]
         p = entry["p_w"]
-        if entry.get("at_current_limit"):
+        # At a zero limit (an import-only tie with nothing to import) the converter is
+        # idle, not overloaded.
+        if entry.get("at_current_limit") and abs(entry["i_a"]) > 0.0:
             add("converter", src.id, abs(entry["i_a"]), src.i_max_a or 0.0,
                 f"{src.kind} {src.id} at its current limit i_max_a {src.i_max_a:g}")
         if p > src.p_max_w * (1 + 1e-9):

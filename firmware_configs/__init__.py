@@ -1,0 +1,1 @@
+"""Device maps (TOML) shipped with edgectl; see firmware_configs/README.md."""
