@@ -64,3 +64,34 @@ class UsageError(EdgeError):
     """The command line is wrong."""
 
     exit_code = EXIT_USAGE
+
+
+class DeviceError(EdgeError):
+    """A device could not be read or written."""
+
+    exit_code = EXIT_DEVICE
+
+    def __init__(self, device: str, message: str) -> None:
+        self.device = device
+        super().__init__(f"{device}: {message}")
+
+
+class DeviceTimeout(DeviceError):
+    """No answer within the device's timeout (after its retries)."""
+
+    retryable = True
+
+
+class DeviceUnreachable(DeviceError):
+    """The connection could not be opened or was lost."""
+
+    retryable = True
+
+
+class ProtocolError(DeviceError):
+    """The device answered with an error: a Modbus exception, an OPC UA bad status,
+    an HTTP error status."""
+
+
+class UnsupportedDevice(DeviceError):
+    """No device map covers what the device says it is (model or firmware version)."""
