@@ -61,7 +61,7 @@ def synthetic_case(
         line_to = np.concatenate([parent, b[keep]]).astype(np.intp)
     else:
         line_from = line_to = np.zeros(0, dtype=np.intp)
-    line_r = rng.uniform(0.002, 0.02, line_from.shape[0]) * Z_BASE
+    line_r = np.asarray(rng.uniform(0.002, 0.02, line_from.shape[0]), dtype=np.float64) * Z_BASE
 
     n_droop = max(1, round(droop_fraction * n))
     droop_bus = np.sort(rng.choice(n, n_droop, replace=False)).astype(np.intp)
@@ -74,9 +74,13 @@ def synthetic_case(
     # with stiff converters reaches drop_pu / 2 ...
     if line_r.size:
         g = sp.coo_matrix(
-            (np.concatenate([1 / line_r, 1 / line_r, -1 / line_r, -1 / line_r]),
-             (np.concatenate([line_from, line_to, line_from, line_to]),
-              np.concatenate([line_from, line_to, line_to, line_from]))),
+            (
+                np.concatenate([1 / line_r, 1 / line_r, -1 / line_r, -1 / line_r]),
+                (
+                    np.concatenate([line_from, line_to, line_from, line_to]),
+                    np.concatenate([line_from, line_to, line_to, line_from]),
+                ),
+            ),
             shape=(n, n),
         ).tocsc()
         g = g + sp.diags(np.bincount(droop_bus, np.full(n_droop, 1e6), n).astype(float))

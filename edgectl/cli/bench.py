@@ -31,7 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dispatch-sizes", type=_sizes, default=list(DISPATCH_SIZES), metavar="N,N,..."
     )
     parser.add_argument(
-        "--budget", type=float, default=0.5, metavar="S",
+        "--site",
+        dest="sites",
+        action="append",
+        default=[],
+        metavar="SITE",
+        help="also time both kernels on this site file (repeatable)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.5,
+        metavar="S",
         help="seconds of repeated calls per measurement (default 0.5)",
     )
 
@@ -48,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not args.json:
         print("running benchmarks (a minute or so) ...", file=sys.stderr)
-    result = run_all(args.powerflow_sizes, args.dispatch_sizes, max(args.budget, 0.01))
+    from edgectl.config.load import load_site
+    from edgectl.kernels import require_compiled
+
+    require_compiled()
+    for path in args.sites:
+        load_site(path)  # a bad site file is an input error before minutes of timing
+    result = run_all(args.powerflow_sizes, args.dispatch_sizes, max(args.budget, 0.01), args.sites)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -75,3 +92,16 @@ def print_text(result: dict[str, Any]) -> None:
             f"  {row['racks']:>6} racks      {_us(row['median_s'])}  "
             f"baseline {_us(row['baseline_median_s'])}  x{row['ratio']:.1f}"
         )
+    for site in result.get("sites", []):
+        print(f"Site {site['site']} ({site['file']}):")
+        for row in site["powerflow"]:
+            print(
+                f"  power flow {row['buses']:>5} buses {row['start']:<4} "
+                f"{_us(row['median_s'])}  baseline {_us(row['baseline_median_s'])}  "
+                f"x{row['ratio']:.1f}"
+            )
+        for row in site["dispatch"]:
+            print(
+                f"  dispatch   {row['racks']:>5} racks      {_us(row['median_s'])}  "
+                f"baseline {_us(row['baseline_median_s'])}  x{row['ratio']:.1f}"
+            )

@@ -71,9 +71,7 @@ class ReferenceNewtonSolver:
     def _factor(self, diag_bus: FloatArray) -> tuple[object, FloatArray]:
         """SuperLU of J (elimination order, no pivoting) and its pivots in that order."""
         j = (self.g_perm + sp.diags(diag_bus[self.order])).tocsc()
-        lu = splu(
-            j, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
-        )
+        lu = splu(j, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
         return lu, lu.U.diagonal()
 
     def _pivots(self, diag_bus: FloatArray) -> FloatArray:
@@ -130,9 +128,8 @@ class ReferenceNewtonSolver:
             v, f, norm = v_try, f_try, norm_try
 
         margin = float((pivots / self.d0).min()) if n else 1.0
-        if status == Status.CONVERGED and margin <= 0.0:
-            status = Status.COLLAPSE
-        elif status != Status.CONVERGED and (unstable or floor_hit):
+        converged = status == Status.CONVERGED
+        if (converged and margin <= 0.0) or (not converged and (unstable or floor_hit)):
             status = Status.COLLAPSE
         i_droop, linear = self._droop_current(v)
         self.v_out = v

@@ -110,7 +110,6 @@ class PowerFlowResult:
     # largest fraction found by continuation when there is no solution.
     loadability: float | None = None
 
-
     @property
     def converged(self) -> bool:
         return self.status is Status.CONVERGED
@@ -176,7 +175,10 @@ class PowerFlow:
         self.order = fill_reducing_order(n, topology.line_from, topology.line_to, line_g)
         ap, ai, gx = conductance_pattern(self.order, topology.line_from, topology.line_to, line_g)
         args = (
-            ap, ai, gx, self.order,
+            ap,
+            ai,
+            gx,
+            self.order,
             np.ascontiguousarray(topology.line_from, dtype=np.intp),
             np.ascontiguousarray(topology.line_to, dtype=np.intp),
             np.ascontiguousarray(line_g),
@@ -225,9 +227,7 @@ class PowerFlow:
         if v_start is None:
             v_start = self._last if (warm and self._last is not None) else self._flat
         tol = max(REL_TOL * max(float(np.abs(s) @ self._i_nominal), 1.0), self._roundoff_a)
-        iterations, status, margin = self._solver.solve(
-            s, v_start, tol, max_iter, self._v_floor
-        )
+        iterations, status, margin = self._solver.solve(s, v_start, tol, max_iter, self._v_floor)
         loadability = 1.0 if status == Status.CONVERGED else None
         if status != Status.CONVERGED:
             iterations, status, margin, loadability = self._continuation(s, tol, max_iter)
@@ -299,9 +299,7 @@ def fill_reducing_order(
     degree = bus_sum(line_from, line_g, n) + bus_sum(line_to, line_g, n)
     vals = np.concatenate([line_g, line_g, degree + 1.0])
     a = sp.csc_matrix((vals, (rows, cols)), shape=(n, n))
-    lu = splu(
-        a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
-    )
+    lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
     return np.ascontiguousarray(np.argsort(lu.perm_c), dtype=np.intp)
 
 

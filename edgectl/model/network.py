@@ -33,7 +33,9 @@ class SiteNetwork:
     fixed_sources: list[Source]  # constant-power sources (pv, wind, or a droop source pinned)
     powerflow: PowerFlow
 
-    def injections(self, source_p_w: Mapping[str, float], rack_p_w: Mapping[str, float]) -> FloatArray:
+    def injections(
+        self, source_p_w: Mapping[str, float], rack_p_w: Mapping[str, float]
+    ) -> FloatArray:
         """Bus injections (W, into the bus) from fixed-source outputs and rack draws."""
         s = np.zeros(len(self.bus_index))
         for src in self.fixed_sources:
@@ -65,7 +67,9 @@ def build_network(
         droop_i_min_a=np.array([s.droop_current_limits_a()[0] for s in droop], dtype=np.float64),
         droop_i_max_a=np.array([s.droop_current_limits_a()[1] for s in droop], dtype=np.float64),
     )
-    return SiteNetwork(site, bus_index, droop, fixed, PowerFlow(topology, implementation=implementation))
+    return SiteNetwork(
+        site, bus_index, droop, fixed, PowerFlow(topology, implementation=implementation)
+    )
 
 
 def default_operating_point(site: Site) -> tuple[dict[str, float], dict[str, float]]:
@@ -151,15 +155,30 @@ def violations(
 
     for b in buses:
         if b["v_pu"] < ctl.v_min_pu:
-            add("voltage", b["id"], b["v_pu"], ctl.v_min_pu,
-                f"bus {b['id']} at {b['v_pu']:.4f} pu, below v_min_pu {ctl.v_min_pu}")
+            add(
+                "voltage",
+                b["id"],
+                b["v_pu"],
+                ctl.v_min_pu,
+                f"bus {b['id']} at {b['v_pu']:.4f} pu, below v_min_pu {ctl.v_min_pu}",
+            )
         elif b["v_pu"] > ctl.v_max_pu:
-            add("voltage", b["id"], b["v_pu"], ctl.v_max_pu,
-                f"bus {b['id']} at {b['v_pu']:.4f} pu, above v_max_pu {ctl.v_max_pu}")
+            add(
+                "voltage",
+                b["id"],
+                b["v_pu"],
+                ctl.v_max_pu,
+                f"bus {b['id']} at {b['v_pu']:.4f} pu, above v_max_pu {ctl.v_max_pu}",
+            )
     for ln, line in zip(lines, site.lines, strict=True):
         if ln["loading"] > 1.0:
-            add("ampacity", ln["id"], abs(ln["i_a"]), line.i_max_a,
-                f"line {ln['id']} carries {abs(ln['i_a']):.1f} A, above i_max_a {line.i_max_a:g}")
+            add(
+                "ampacity",
+                ln["id"],
+                abs(ln["i_a"]),
+                line.i_max_a,
+                f"line {ln['id']} carries {abs(ln['i_a']):.1f} A, above i_max_a {line.i_max_a:g}",
+            )
     by_id = {s.id: s for s in site.sources}
     for entry in sources:
         src = by_id[entry["id"]]
@@ -167,18 +186,39 @@ def violations(
         # At a zero limit (an import-only tie with nothing to import) the converter is
         # idle, not overloaded.
         if entry.get("at_current_limit") and abs(entry["i_a"]) > 0.0:
-            add("converter", src.id, abs(entry["i_a"]), src.i_max_a or 0.0,
-                f"{src.kind} {src.id} at its current limit i_max_a {src.i_max_a:g}")
+            add(
+                "converter",
+                src.id,
+                abs(entry["i_a"]),
+                src.i_max_a or 0.0,
+                f"{src.kind} {src.id} at its current limit i_max_a {src.i_max_a:g}",
+            )
         if p > src.p_max_w * (1 + 1e-9):
-            add("converter", src.id, p, src.p_max_w,
-                f"{src.kind} {src.id} delivers {p / 1e3:.1f} kW, above p_max_w {src.p_max_w:g}")
+            add(
+                "converter",
+                src.id,
+                p,
+                src.p_max_w,
+                f"{src.kind} {src.id} delivers {p / 1e3:.1f} kW, above p_max_w {src.p_max_w:g}",
+            )
         charge_max = src.p_charge_max_w if src.kind == "bess" else None
         if charge_max is not None and -p > charge_max * (1 + 1e-9):
-            add("converter", src.id, -p, charge_max,
-                f"bess {src.id} charges at {-p / 1e3:.1f} kW, above p_charge_max_w {charge_max:g}")
+            add(
+                "converter",
+                src.id,
+                -p,
+                charge_max,
+                f"bess {src.id} charges at {-p / 1e3:.1f} kW, above p_charge_max_w {charge_max:g}",
+            )
     rack_max = {r.id: r.p_max_w for r in site.racks}
     for r in racks:
-        if r["p_w"] > rack_max[r["id"]] * (1 + 1e-9):
-            add("rack", r["id"], r["p_w"], rack_max[r["id"]],
-                f"rack {r['id']} draws {r['p_w'] / 1e3:.1f} kW, above p_max_w {rack_max[r['id']]:g}")
+        cap = rack_max[r["id"]]
+        if r["p_w"] > cap * (1 + 1e-9):
+            add(
+                "rack",
+                r["id"],
+                r["p_w"],
+                cap,
+                f"rack {r['id']} draws {r['p_w'] / 1e3:.1f} kW, above p_max_w {cap:g}",
+            )
     return found

@@ -41,8 +41,14 @@ def pandapower_voltages(
     buses = [pp.create_bus(net, vn_kv=float(v)) for v in vn_kv]
     for f, t, r in zip(topo.line_from, topo.line_to, topo.line_r_ohm, strict=True):
         pp.create_line_from_parameters(
-            net, buses[f], buses[t], length_km=1.0, r_ohm_per_km=float(r),
-            x_ohm_per_km=0.0, c_nf_per_km=0.0, max_i_ka=1e6,
+            net,
+            buses[f],
+            buses[t],
+            length_km=1.0,
+            r_ohm_per_km=float(r),
+            x_ohm_per_km=0.0,
+            c_nf_per_km=0.0,
+            max_i_ka=1e6,
         )
     for k, s in enumerate(s_bus_w):
         if s != 0.0:
@@ -56,8 +62,14 @@ def pandapower_voltages(
         source = pp.create_bus(net, vn_kv=float(vn_kv[b]))
         pp.create_ext_grid(net, source, vm_pu=float(v_ref / topo.v_nominal_v[b]), va_degree=0.0)
         pp.create_line_from_parameters(
-            net, source, buses[b], length_km=1.0, r_ohm_per_km=float(r),
-            x_ohm_per_km=0.0, c_nf_per_km=0.0, max_i_ka=1e6,
+            net,
+            source,
+            buses[b],
+            length_km=1.0,
+            r_ohm_per_km=float(r),
+            x_ohm_per_km=0.0,
+            c_nf_per_km=0.0,
+            max_i_ka=1e6,
         )
     # init="flat": the default DC pre-solve divides by the zero reactance.
     pp.runpp(net, init="flat", tolerance_mva=1e-10, max_iteration=50, numba=False)

@@ -35,7 +35,7 @@ def kcl_mismatch(topo: Topology, s: np.ndarray, res: PowerFlowResult) -> np.ndar
     droop_in = np.zeros(n)
     np.add.at(droop_in, topo.droop_bus, res.droop_i_a)
     injected = s / v + droop_in
-    # Relative to the current through the network, with a 1 A floor (1 uA absolute) for a near-idle one.
+    # Relative to the current through the network; a 1 A floor for a near-idle one.
     scale = np.abs(s / v).sum() + np.abs(res.droop_i_a).sum() + 1.0
     return np.asarray(np.abs(injected - line_out) / scale)
 
@@ -254,9 +254,16 @@ def test_parallel_lines_add_conductance() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"droop_bus": np.zeros(0, dtype=np.intp), "droop_r_ohm": np.zeros(0),
-          "droop_v_ref_v": np.zeros(0), "droop_i_min_a": np.zeros(0), "droop_i_max_a": np.zeros(0)},
-         "nothing holds the bus"),
+        (
+            {
+                "droop_bus": np.zeros(0, dtype=np.intp),
+                "droop_r_ohm": np.zeros(0),
+                "droop_v_ref_v": np.zeros(0),
+                "droop_i_min_a": np.zeros(0),
+                "droop_i_max_a": np.zeros(0),
+            },
+            "nothing holds the bus",
+        ),
         ({"line_r_ohm": np.array([0.0])}, "positive"),
         ({"line_to": np.array([1], dtype=np.intp)}, "itself"),
         ({"line_to": np.array([5], dtype=np.intp)}, "out of range"),
