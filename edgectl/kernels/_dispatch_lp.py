@@ -2,8 +2,9 @@
 
 An independent statement of rules 1, 2 and the serving part of rule 4 for given on/off
 states (edgectl/kernels/dispatch.py): one column per rack that is on (its cap, between
-lo and want), per renewable (used, up to its availability), per battery (discharge and charge, up to their limits) and per grid
-source (import, up to its cap); one balance row, the grid import limit, and the grid
+lo and want), per renewable (used, up to its availability), per battery (discharge
+and charge, up to their limits) and per grid source (import, up to its cap); one
+balance row, the grid import limit, and the grid
 budget (a fixed budget, or the green-share rule grid <= k * (renewables + discharge -
 charge)). Racks that are off stay at 0: no shedding, no starting. Tests use the
 lexicographic solve as the oracle of the kernel's per-tier served power; `edgectl bench`
