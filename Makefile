@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard cext/*.pyx cext/*.pxd)
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgectl tests examples
+	$(BIN)/ruff check edgectl tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -29,7 +29,8 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/edgectl bench
+	$(BIN)/edgectl bench --site examples/reference_site.toml
+	$(BIN)/python benchmarks/polling.py --devices 100,500,1000
 
 clean:
 	rm -rf $(VENV) build *.egg-info cext/*.c edgectl/_ext/*.so

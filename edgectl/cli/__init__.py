@@ -24,6 +24,11 @@ COMMANDS = {
     "powerflow": "powerflow",
     "dispatch": "dispatch",
     "bench": "bench",
+    "sim": "sim",
+    "scan": "scan",
+    "read": "read",
+    "write": "write",
+    "dump": "dump",
 }
 
 

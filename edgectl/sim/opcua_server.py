@@ -351,7 +351,8 @@ class OpcUaSimServer:
             raise ua.uaerrors.BadCertificateUntrusted()
 
     def _session_allowed(self, certificate: object) -> bool:
-        if certificate is None:
+        # An unsecured channel carries no certificate: None, or b"" in asyncua 2.1.
+        if certificate is None or certificate == b"":
             return self.allow_insecure
         if isinstance(certificate, x509.Certificate):
             certificate = certificate.public_bytes(Encoding.DER)
@@ -360,7 +361,7 @@ class OpcUaSimServer:
 
 class _ChannelGate:
     """asyncua's user manager, consulted at ActivateSession with the certificate that secures
-    the channel (None on an unsecured channel): the one place a session can be refused
+    the channel (None or b"" on an unsecured channel): the one place a session can be refused
     whatever the client claimed before."""
 
     def __init__(self, allowed: Callable[[object], bool]) -> None:

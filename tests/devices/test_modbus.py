@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 import pytest
+from sample_values import BESS, PV, VOLTARIS
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
 from edgectl.devicemaps.loader import load_maps
@@ -32,46 +33,6 @@ TIMEOUT_S = 0.2
 RETRIES = 1
 WORST_S = TIMEOUT_S * (RETRIES + 1)
 SLACK_S = 0.25  # scheduling on a busy 2-core machine; a behaviour check, not a benchmark
-
-PV_VALUES = {
-    "p_w": 123456.0,
-    "e_wh": 5.0e9,
-    "v_v": 812.3,
-    "i_a": 152.1,
-    "status": 4,
-    "p_rated_w": 1.0e6,
-    "limit_pct": 80.0,
-    "limit_enable": 1,
-    "limit_revert_s": 60,
-}
-BESS_VALUES = {
-    "soc": 55.25,
-    "soh": 97.5,
-    "p_w": -250000.0,
-    "v_v": 780.5,
-    "i_a": -320.4,
-    "state": 3,
-    "e_rated_wh": 2.0e6,
-    "p_charge_max_w": 5.0e5,
-    "p_discharge_max_w": 5.0e5,
-    "heartbeat": 17,
-    "charge_limit_w": 4.0e5,
-    "storage_mode": 3,
-    "discharge_rate_pct": 50.0,
-    "charge_rate_pct": 25.0,
-    "rate_revert_s": 30,
-}
-VOLTARIS_VALUES = {
-    "p_w": 123456.0,
-    "e_wh": 123456789.0,
-    "v_v": 801.7,
-    "i_a": 153.9,
-    "status": 3,
-    "p_rated_w": 5.0e5,
-    "temp_c": 41.3,
-    "limit_w": 4.5e5,
-    "limit_revert_s": 120,
-}
 
 
 @cache
@@ -141,7 +102,7 @@ def test_parse_endpoint() -> None:
 
 
 async def test_sunspec_pv_read_and_write(transport: ModbusTransport) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=3)) as server:
         device = _device(server, 3, _maps("sunspec-pv"), transport, "pv1")
         await device.connect_and_identify()
@@ -217,7 +178,7 @@ def _pysunspec_scan(port: int, unit: int) -> dict[str, object]:
 
 
 async def test_pysunspec2_scans_the_simulated_pv_converter() -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=5)) as server:
         port = int(server.endpoint.rsplit(":", 1)[1])
         seen = await asyncio.to_thread(_pysunspec_scan, port, 5)
@@ -237,7 +198,7 @@ async def test_pysunspec2_scans_the_simulated_pv_converter() -> None:
 
 
 async def test_pysunspec2_scans_the_simulated_battery() -> None:
-    state = _state("bess1", _maps("sunspec-bess")[0], BESS_VALUES)
+    state = _state("bess1", _maps("sunspec-bess")[0], BESS)
     async with _serving(SimUnit(state, unit=1)) as server:
         port = int(server.endpoint.rsplit(":", 1)[1])
         seen = await asyncio.to_thread(_pysunspec_scan, port, 1)
@@ -255,7 +216,7 @@ async def test_mbpoll_reads_the_simulator() -> None:
     assert mbpoll is not None, (
         "mbpoll is not installed (Debian package mbpoll; .ci/run installs it)"
     )
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=9)) as server:
         port = server.endpoint.rsplit(":", 1)[1]
         w = server.model_address(9, 103) + 14
@@ -295,7 +256,7 @@ async def test_mbpoll_reads_the_simulator() -> None:
 
 async def test_rtu_over_a_pty_pair() -> None:
     link = PtyLink()
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     server = ModbusSimServer(SimUnit(state, unit=4))
     transport = ModbusTransport()
     try:
@@ -326,7 +287,7 @@ async def test_vendor_firmware_chooses_the_map(
     transport: ModbusTransport, firmware: str, major: int
 ) -> None:
     served = _voltaris(major)
-    state = _state("dcb1", served, VOLTARIS_VALUES)
+    state = _state("dcb1", served, VOLTARIS)
     async with _serving(SimUnit(state, unit=1, firmware=firmware)) as server:
         device = _device(server, 1, _maps("voltaris-dcb500"), transport, "dcb1")
         assert await device.connect_and_identify() is served
@@ -356,7 +317,7 @@ async def test_vendor_firmware_chooses_the_map(
 
 
 async def test_a_firmware_no_map_covers_is_refused(transport: ModbusTransport) -> None:
-    state = _state("dcb9", _voltaris(2), VOLTARIS_VALUES)
+    state = _state("dcb9", _voltaris(2), VOLTARIS)
     async with _serving(SimUnit(state, unit=1, firmware="3.0")) as server:
         device = _device(server, 1, _maps("voltaris-dcb500"), transport, "dcb9")
         with pytest.raises(UnsupportedDevice) as caught:
@@ -369,7 +330,7 @@ async def test_a_firmware_no_map_covers_is_refused(transport: ModbusTransport) -
 async def test_a_sunspec_device_without_the_maps_models_is_refused(
     transport: ModbusTransport,
 ) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=1)) as server:
         device = _device(server, 1, _maps("sunspec-bess"), transport, "pv1")
         with pytest.raises(UnsupportedDevice, match=r"model\(s\) \[802, 124\]"):
@@ -377,7 +338,7 @@ async def test_a_sunspec_device_without_the_maps_models_is_refused(
 
 
 async def test_a_different_device_is_refused_by_its_fingerprint(transport: ModbusTransport) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=1)) as server:
         device = _device(server, 1, _maps("voltaris-dcb500"), transport, "pv1")
         with pytest.raises(UnsupportedDevice, match="not the expected device"):
@@ -385,7 +346,7 @@ async def test_a_different_device_is_refused_by_its_fingerprint(transport: Modbu
 
 
 async def test_exception_responses_carry_code_and_meaning(transport: ModbusTransport) -> None:
-    state = _state("dcb2", _voltaris(2), VOLTARIS_VALUES)
+    state = _state("dcb2", _voltaris(2), VOLTARIS)
     async with _serving(SimUnit(state, unit=1, firmware="2.0")) as server:
         endpoint = transport.endpoint(server.endpoint)
         with pytest.raises(ModbusExceptionResponse) as caught:
@@ -404,8 +365,8 @@ async def test_exception_responses_carry_code_and_meaning(transport: ModbusTrans
 
 
 async def test_two_units_share_one_gateway_connection(transport: ModbusTransport) -> None:
-    pv = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
-    bess = _state("bess1", _maps("sunspec-bess")[0], BESS_VALUES)
+    pv = _state("pv1", _maps("sunspec-pv")[0], PV)
+    bess = _state("bess1", _maps("sunspec-bess")[0], BESS)
     async with _serving(SimUnit(pv, unit=1), SimUnit(bess, unit=2)) as server:
         a = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
         b = _device(server, 2, _maps("sunspec-bess"), transport, "bess1")
@@ -428,7 +389,7 @@ async def _elapsed(call: Callable[[], object]) -> tuple[float, BaseException | N
 async def test_a_silent_device_fails_within_its_timeout(
     transport: ModbusTransport, fault: str
 ) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=1)) as server:
         device = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
         await device.connect_and_identify()
@@ -440,7 +401,7 @@ async def test_a_silent_device_fails_within_its_timeout(
 
 
 async def test_latency_below_and_above_the_timeout(transport: ModbusTransport) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=1)) as server:
         device = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
         await device.connect_and_identify()
@@ -452,7 +413,7 @@ async def test_latency_below_and_above_the_timeout(transport: ModbusTransport) -
 
 
 async def test_not_implemented_and_unimplemented_scale_factor(transport: ModbusTransport) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     unit = SimUnit(state, unit=1, scale_factors={"103.DCV_SF": -0x8000})
     async with _serving(unit) as server:
         device = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
@@ -467,8 +428,8 @@ async def test_not_implemented_and_unimplemented_scale_factor(transport: ModbusT
 
 
 async def test_garbage_gives_invalid_readings_not_exceptions(transport: ModbusTransport) -> None:
-    pv = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
-    dcb = _state("dcb1", _voltaris(1), VOLTARIS_VALUES)
+    pv = _state("pv1", _maps("sunspec-pv")[0], PV)
+    dcb = _state("dcb1", _voltaris(1), VOLTARIS)
     async with _serving(
         SimUnit(pv, unit=1), SimUnit(dcb, unit=2, firmware="1.0"), seed=7
     ) as server:
@@ -495,7 +456,7 @@ async def test_garbage_gives_invalid_readings_not_exceptions(transport: ModbusTr
 
 
 async def test_stuck_values_stop_changing(transport: ModbusTransport) -> None:
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(state, unit=1)) as server:
         device = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
         state.faults.stuck = True
@@ -507,8 +468,8 @@ async def test_stuck_values_stop_changing(transport: ModbusTransport) -> None:
 
 
 async def test_a_dead_device_does_not_delay_another_endpoint(transport: ModbusTransport) -> None:
-    dead = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
-    alive = _state("pv2", _maps("sunspec-pv")[0], PV_VALUES)
+    dead = _state("pv1", _maps("sunspec-pv")[0], PV)
+    alive = _state("pv2", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(dead, unit=1)) as one, _serving(SimUnit(alive, unit=1)) as two:
         a = _device(one, 1, _maps("sunspec-pv"), transport, "pv1")
         b = _device(two, 1, _maps("sunspec-pv"), transport, "pv2")
@@ -532,8 +493,8 @@ async def test_a_dead_unit_behind_a_gateway_delays_its_neighbours_once(
 ) -> None:
     # One connection per endpoint, requests in series: the dead unit holds the line for
     # its timeout x (retries + 1), then backs off and costs nothing.
-    dead = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
-    alive = _state("pv2", _maps("sunspec-pv")[0], PV_VALUES)
+    dead = _state("pv1", _maps("sunspec-pv")[0], PV)
+    alive = _state("pv2", _maps("sunspec-pv")[0], PV)
     async with _serving(SimUnit(dead, unit=1), SimUnit(alive, unit=2)) as server:
         a = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
         b = _device(server, 2, _maps("sunspec-pv"), transport, "pv2")
@@ -554,7 +515,7 @@ async def test_a_dead_unit_behind_a_gateway_delays_its_neighbours_once(
 async def test_back_off_fails_fast_until_it_expires() -> None:
     now = [1000.0]
     transport = ModbusTransport(clock=lambda: now[0], backoff_initial_s=1.0, backoff_max_s=4.0)
-    state = _state("pv1", _maps("sunspec-pv")[0], PV_VALUES)
+    state = _state("pv1", _maps("sunspec-pv")[0], PV)
     try:
         async with _serving(SimUnit(state, unit=1)) as server:
             device = _device(server, 1, _maps("sunspec-pv"), transport, "pv1")
@@ -585,7 +546,7 @@ async def test_back_off_fails_fast_until_it_expires() -> None:
 
 
 async def test_no_server_is_unreachable_quickly(transport: ModbusTransport) -> None:
-    server = ModbusSimServer(SimUnit(_state("pv1", _maps("sunspec-pv")[0], PV_VALUES)))
+    server = ModbusSimServer(SimUnit(_state("pv1", _maps("sunspec-pv")[0], PV)))
     await server.start_tcp()
     endpoint = server.endpoint
     await server.stop()  # the port is closed now: connections are refused
