@@ -117,6 +117,10 @@ class Point(_Strict):
     poll: Literal["fast", "slow", "once"] = "fast"
     # staleness: a value older than this many seconds is invalid
     stale_s: float = Field(default=5.0, gt=0)
+    # A live measurement always moves: a non-zero value that stays bit-identical this long
+    # is a frozen sensor or a stuck register, and becomes invalid. Unset: not watched
+    # (setpoints, states, and outputs held exactly by a limit legitimately stay put).
+    frozen_s: float | None = Field(default=None, gt=0)
     # sunspec
     sunspec: str | None = Field(default=None, pattern=r"^\d+\.[A-Za-z0-9_]+$")
     # modbus

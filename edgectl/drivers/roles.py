@@ -32,6 +32,7 @@ from typing import ClassVar
 
 from edgectl.devicemaps.readings import NOT_A_NUMBER, Reading, Value
 from edgectl.devicemaps.schema import DeviceMap, Point
+from edgectl.drivers.freeze import FreezeWatch
 from edgectl.drivers.points import PointDevice
 
 __all__ = [
@@ -84,6 +85,9 @@ class RoleDriver:
         self._slow_period_s = slow_period_s
         self._last_slow_s = -math.inf
         self._readings: dict[str, Reading] = {}
+        # Built for the map in use; the map can change when open() identifies the device.
+        self._freeze: FreezeWatch | None = None
+        self._freeze_map: DeviceMap | None = None
 
     @property
     def device_id(self) -> str:
@@ -105,7 +109,10 @@ class RoleDriver:
         once = [n for n, p in self.device_map.points.items() if p.poll == "once"]
         if any(not self.reading(n).valid for n in once):
             groups.add("once")
-        fresh = await self.points.poll(groups)
+        if self._freeze is None or self._freeze_map is not self.device_map:
+            self._freeze_map = self.device_map
+            self._freeze = FreezeWatch.for_map(self.device_map)
+        fresh = self._freeze.check(await self.points.poll(groups), now)
         if "slow" in groups:
             self._last_slow_s = now
         self._readings |= fresh
