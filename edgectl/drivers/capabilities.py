@@ -40,11 +40,9 @@ class Polled(Protocol):
 
     async def update(self) -> Mapping[str, Reading]:
         """Poll the device now; the points read, by name (a DeviceError if it did not answer)."""
-        ...
 
     def readings(self) -> Mapping[str, Reading]:
         """Every point as of the last update, in the device map's units; no I/O."""
-        ...
 
 
 @runtime_checkable
@@ -60,7 +58,6 @@ class PowerSource(Meter, Protocol):
 
     def available_w(self) -> Reading:
         """Power the source could produce now if nothing limited it, W >= 0."""
-        ...
 
 
 @runtime_checkable
@@ -69,11 +66,9 @@ class Curtailable(Protocol):
 
     def limit_w(self) -> Reading:
         """The cap in force, W (the rating when none is)."""
-        ...
 
     async def set_limit_w(self, limit_w: float) -> Reading:
         """Cap the power at `limit_w` W (clamped to what the device accepts); the cap read back."""
-        ...
 
 
 @runtime_checkable
@@ -82,11 +77,9 @@ class Battery(Meter, Protocol):
 
     def soc(self) -> Reading:
         """State of charge, a fraction 0..1."""
-        ...
 
     def limits_w(self) -> tuple[Reading, Reading]:
         """(most charging power, most discharging power), both W >= 0."""
-        ...
 
 
 @runtime_checkable
@@ -96,7 +89,6 @@ class BatteryControl(Protocol):
     async def set_power_w(self, p_w: float) -> Reading:
         """Charge (p_w < 0) or discharge (p_w > 0) at `p_w` W, clamped to the battery's
         limits; also beats the heartbeat. The setpoint read back, in W."""
-        ...
 
 
 @runtime_checkable
@@ -105,7 +97,6 @@ class Rack(Meter, Curtailable, Protocol):
 
     def limit_range_w(self) -> tuple[Reading, Reading]:
         """(lowest, highest) cap the rack accepts, W."""
-        ...
 
 
 @runtime_checkable
@@ -114,4 +105,3 @@ class Heartbeat(Protocol):
 
     async def heartbeat(self) -> Reading:
         """Write the next counter value; the value read back."""
-        ...

@@ -52,47 +52,37 @@ class PointDevice(Protocol):
     @property
     def location(self) -> str:
         """Where the device is, for messages: endpoint and unit id or chassis."""
-        ...
 
     @property
     def firmware(self) -> str | None:
         """The firmware version the device reported while being identified, if any."""
-        ...
 
     @property
     def maps(self) -> Sequence[DeviceMap]:
         """The maps the device may match (several when the firmware version chooses)."""
-        ...
 
     @property
     def device_map(self) -> DeviceMap | None:
         """The map in use, once `open()` has identified the device."""
-        ...
 
     async def open(self) -> DeviceMap:
         """Connect and identify the device; the map that applies (a DeviceError if it fails)."""
-        ...
 
     async def poll(self, groups: Collection[str] = POLL_GROUPS) -> dict[str, Reading]:
         """Read the points of `groups`; bad data becomes invalid Readings, never an error."""
-        ...
 
     async def read(self, point: str) -> Reading:
         """Read one point now (ValueError if the map has no such point)."""
-        ...
 
     async def write(self, point: str, value: Value) -> Reading:
         """Write `point` in its map unit; the value read back. ValueError for a point that is
         not writable or a value it cannot take."""
-        ...
 
     def resolution(self, point: str) -> float | None:
         """One step of `point` on the wire in its unit, if it has a fixed one."""
-        ...
 
     async def raw_dump(self) -> dict[str, Any]:
         """What is on the wire for every point (registers, node values, JSON resources)."""
-        ...
 
     async def close(self) -> None: ...
 
