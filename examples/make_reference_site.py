@@ -203,13 +203,16 @@ def racks() -> list[Entry]:
 def devices() -> list[Entry]:
     """Devices of the turbines and batteries."""
     # Only the turbines (OPC UA) and the batteries (SunSpec over Modbus TCP) are listed:
-    # enough to exercise every protocol path at scale without a thousand endpoints.
+    # enough to exercise every protocol path at scale without a thousand endpoints. The
+    # endpoints are the simulator's on loopback, hence OPC UA without security, said
+    # explicitly; a real turbine names its certificate files instead.
     out: list[Entry] = [
         {
             "id": f"wt-{t + 1}",
             "protocol": "opcua",
             "endpoint": f"127.0.0.1:{14841 + t}",
             "profile": "opcua-wind",
+            "security": "none",
         }
         for t in range(TURBINES)
     ]

@@ -154,12 +154,51 @@ class Rack(_Strict):
         return self
 
 
+OpcUaSecurityMode = Literal["none", "Basic256Sha256-Sign", "Basic256Sha256-SignAndEncrypt"]
+_OPCUA_FILES = ("certificate", "private_key", "server_certificate")
+
+
 class Device(_Strict):
     id: str = Field(min_length=1)
     protocol: Literal["modbus-tcp", "modbus-rtu", "opcua", "redfish"]
     endpoint: str = Field(min_length=1)
     unit: int = Field(default=1, ge=0, le=255)
     profile: str = Field(min_length=1)
+    # OPC UA only. Secure by default: a session without security needs security = "none"
+    # written in the file. The files are paths relative to the site file: this client's
+    # certificate (DER) and private key (PEM), and the server's certificate.
+    security: OpcUaSecurityMode = "Basic256Sha256-SignAndEncrypt"
+    certificate: str | None = None
+    private_key: str | None = None
+    server_certificate: str | None = None
+
+    @model_validator(mode="after")
+    def _security_keys(self) -> Device:
+        problems = []
+        if self.protocol != "opcua":
+            if "security" in self.model_fields_set:
+                problems.append(f'security: only for protocol "opcua", not "{self.protocol}"')
+            problems += [
+                f'{k}: only for protocol "opcua", not "{self.protocol}"'
+                for k in _OPCUA_FILES
+                if getattr(self, k) is not None
+            ]
+        elif self.security == "none":
+            problems += [
+                f'{k}: not used with security = "none"'
+                for k in _OPCUA_FILES
+                if getattr(self, k) is not None
+            ]
+        else:
+            problems += [
+                f'{k}: required for security "{self.security}" (or write security = "none" '
+                "for a session without security)"
+                for k in _OPCUA_FILES
+                if getattr(self, k) is None
+            ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Site(_Strict):

@@ -16,9 +16,9 @@ Endpoints as a site file gives them:
                 the chassis: "https://host/redfish/v1/Chassis/<id>" (otherwise the chassis
                 whose id is the device id, else the BMC's only chassis)
 
-OPC UA security: the site file has no security keys yet (the daemon issue adds certificate
-keys to [[device]]); until then the caller passes an `OpcUaSecurity` per device id, or one
-for all, and without one a device is reached without security only on a loopback endpoint.
+OPC UA security comes from the device's `security`, `certificate`, `private_key` and
+`server_certificate` keys (paths relative to the site file); a session without security
+only where the file says security = "none". A caller may override it per device id.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import difflib
 import ipaddress
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from edgectl.config.site import Device, Site
@@ -232,15 +233,17 @@ class DeviceRegistry:
             chosen = self._security
         if chosen is not None:
             return chosen
-        host = urlsplit(url).hostname or ""
-        if is_loopback(host):
+        if device.security == "none":
             return "none"
-        raise self._problem(
-            device,
-            "endpoint",
-            f"OPC UA without security is only for a loopback endpoint, got {host}; the site "
-            f"file cannot name certificates yet, so {OpcUaSecurity.__name__} must be given",
-        )
+        policy, mode = device.security.split("-", 1)
+        base = Path(self.site_file).parent if self.site_file else Path()
+        files = {}
+        for key in ("certificate", "private_key", "server_certificate"):
+            path = base / str(getattr(device, key))
+            if not path.is_file():
+                raise self._problem(device, key, f"no such file: {path}")
+            files[key] = path
+        return OpcUaSecurity(policy=policy, mode=mode, **files)
 
     def _rack_range_w(self, device_id: str) -> tuple[float, float] | None:
         for rack in self.site.racks:

@@ -517,7 +517,7 @@ class SiteSimulator:
             if endpoint.kind == "redfish":
                 detail.append(f"chassis {device.id}")
             if endpoint.kind == "opcua":
-                detail.append(self._opcua_detail())
+                detail.append(self._opcua_detail(device.security == "none"))
             if endpoint.kind == "modbus-rtu" and endpoint.symlink is None:
                 detail.append(f"(the site names {endpoint.path}; open {endpoint.client_path})")
             if endpoint.kind == "modbus-rtu" and endpoint.parity != "N":
@@ -531,16 +531,14 @@ class SiteSimulator:
             )
         return out
 
-    def _opcua_detail(self) -> str:
+    def _opcua_detail(self, site_says_none: bool) -> str:
         secure = (
             f"Basic256Sha256 SignAndEncrypt, server certificate {self.opcua_certificate}, "
             f"trusted client certificates in {self.opcua_trust_dir}/"
         )
-        if self.insecure_opcua:
-            return (
-                "INSECURE: NoSecurity endpoint open to anyone on this host (--insecure-opcua); "
-                + secure
-            )
+        if self.insecure_opcua or site_says_none:
+            why = "--insecure-opcua" if self.insecure_opcua else 'the site says security = "none"'
+            return f"INSECURE: NoSecurity endpoint open to anyone on this host ({why}); " + secure
         return secure
 
     def schedule(self, scenario: Scenario) -> None:
@@ -1154,7 +1152,10 @@ class SiteSimulator:
                     certificate=self.opcua_certificate,
                     private_key=self.opcua_certificate.with_suffix(".pem"),
                     trusted=[self.opcua_trust_dir],
-                    allow_insecure=self.insecure_opcua,
+                    # The site file may say a turbine needs no security; the operator may
+                    # open it for every turbine with --insecure-opcua.
+                    allow_insecure=self.insecure_opcua
+                    or any(link.device.security == "none" for link in endpoint.links),
                     host=endpoint.host,
                     port=endpoint.port,
                     path=endpoint.path,

@@ -82,10 +82,15 @@ class Field:
     states: dict[str, DeviceState]
 
 
-def device(device_id: str, protocol: str, endpoint: str, profile: str, unit: int = 1) -> str:
+def device(
+    device_id: str, protocol: str, endpoint: str, profile: str, unit: int = 1, extra: str = ""
+) -> str:
+    # OPC UA needs its security said; the test servers on loopback run without.
+    if protocol == "opcua" and "security" not in extra:
+        extra += 'security = "none"\n'
     return (
         f'\n[[device]]\nid = "{device_id}"\nprotocol = "{protocol}"\n'
-        f'endpoint = "{endpoint}"\nunit = {unit}\nprofile = "{profile}"\n'
+        f'endpoint = "{endpoint}"\nunit = {unit}\nprofile = "{profile}"\n{extra}'
     )
 
 

@@ -575,3 +575,41 @@ def test_small_example_summary() -> None:
     }
     assert facts["racks"]["count"] == 12
     assert facts["racks"]["tiers"] == {"0": 2, "1": 4, "2": 4, "3": 2}
+
+
+OPCUA_DEVICE = """
+[[device]]
+id = "wt"
+protocol = "opcua"
+endpoint = "127.0.0.1:4840"
+profile = "opcua-wind"
+"""
+
+
+def test_opcua_is_secure_unless_the_file_says_none(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, BASE + OPCUA_DEVICE))
+    paths = [p.path for p in problems]
+    assert paths == [
+        "device[2].certificate",
+        "device[2].private_key",
+        "device[2].server_certificate",
+    ]
+    assert 'write security = "none"' in problems[0].message
+    site = load_site(write(tmp_path, BASE + OPCUA_DEVICE + 'security = "none"\n'))
+    assert site.devices[2].security == "none"
+    files = 'certificate = "c.der"\nprivate_key = "c.pem"\nserver_certificate = "s.der"\n'
+    secure = load_site(write(tmp_path, BASE + OPCUA_DEVICE + files))
+    assert secure.devices[2].security == "Basic256Sha256-SignAndEncrypt"
+
+
+def test_security_keys_belong_to_opcua_only(tmp_path: Path) -> None:
+    text = with_key(BASE, "device", 0, "security", '"none"')
+    problem = only_problem(write(tmp_path, text))
+    assert problem.path == "device[0].security"
+    assert 'only for protocol "opcua"' in problem.message
+    text = BASE + OPCUA_DEVICE + 'security = "none"\ncertificate = "c.der"\n'
+    problem = only_problem(write(tmp_path, text))
+    assert (problem.path, problem.message.split(" (")[0]) == (
+        "device[2].certificate",
+        'not used with security = "none"',
+    )
