@@ -51,7 +51,15 @@ def _extensions() -> list[Extension]:
         )
         for name, source in EXTENSIONS.items()
     ]
-    return list(cythonize(modules, include_path=["cext"], compiler_directives=directives))
+    # Generated C goes under build/, not beside the sources in cext/.
+    return list(
+        cythonize(
+            modules,
+            include_path=["cext"],
+            compiler_directives=directives,
+            build_dir="build/cython",
+        )
+    )
 
 
 setup(

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from edgectl.errors import InputError
+from edgectl.sim._http import serve
 from edgectl.sim.scenario import faults_to_dict, parse_event, parse_faults
 from edgectl.sim.site import SiteSimulator
 
@@ -70,21 +70,7 @@ class ControlApi:
         app.router.add_post("/v1/faults/{device}", self._post_faults)
         app.router.add_delete("/v1/faults/{device}", self._delete_faults)
         app.router.add_post("/v1/events", self._post_event)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            sock = socket.create_server((self.host, self._port))
-        except OSError:
-            await runner.cleanup()
-            raise
-        site = web.SockSite(runner, sock)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._port = sock.getsockname()[1]
-        self._runner = runner
+        self._runner, self._port = await serve(app, self.host, self._port)
         return self._port
 
     async def stop(self) -> None:

@@ -29,7 +29,6 @@ import itertools
 import json
 import math
 import re
-import socket
 import ssl
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -42,6 +41,7 @@ from aiohttp.typedefs import Handler
 
 from edgectl.devicemaps.readings import Value
 from edgectl.devicemaps.schema import Point
+from edgectl.sim._http import serve
 from edgectl.sim.faults import DeviceFaults
 from edgectl.sim.state import DeviceState
 
@@ -125,17 +125,7 @@ class RedfishServer:
         app.router.add_get(ROOT + "/Chassis/{chassis}", self._get_chassis)
         app.router.add_get(ROOT + "/Chassis/{chassis}/{tail:.+}", self._get_resource)
         app.router.add_patch(ROOT + "/Chassis/{chassis}/{tail:.+}", self._patch_resource)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        sock = socket.create_server((self.host, self._port))
-        site = web.SockSite(runner, sock, ssl_context=self._ssl)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._port = sock.getsockname()[1]
-        self._runner = runner
+        self._runner, self._port = await serve(app, self.host, self._port, self._ssl)
         return self._port
 
     async def stop(self) -> None:
