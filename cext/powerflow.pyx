@@ -126,10 +126,6 @@ cdef class NewtonSolver:
         else:
             raise AttributeError(name)
 
-    def reference_pivots(self):
-        """Pivots of the unloaded network, in elimination order."""
-        return np.asarray(self.D0).copy()
-
     def solve(self, const double[::1] s_bus, const double[::1] v_start, double tol,
               int max_iter, double v_floor):
         """Newton iterations from v_start (bus order); returns (iterations, status, margin).

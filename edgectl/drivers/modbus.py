@@ -92,6 +92,10 @@ class ModbusDevice:
         self.firmware: str | None = None
         self._wires: dict[str, _Wire] = {}
         self._last_sf: dict[str, int | None] = {}
+        # Per poll group: its points and the batched reads that cover them. The layout is
+        # fixed once the device is identified, so the plan is made once per identification.
+        self._plans: dict[str, tuple[list[_Wire], list[tuple[int, int]]]] = {}
+        self._plans_of: dict[str, _Wire] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -126,10 +130,19 @@ class ModbusDevice:
             raise ValueError(f"poll group {group!r}: expected one of {', '.join(POLL_GROUPS)}")
         if not self.identified:
             await self.connect_and_identify()
-        wires = [w for w in self._wires.values() if w.point.poll == group]
-        registers = await self._read_spans(_spans(wires))
+        wires, reads = self._plan(group)
+        registers = await self._read_plan(reads)
         t_s = self._clock()
         return {w.name: self._decode(w, registers, t_s) for w in wires}
+
+    def _plan(self, group: str) -> tuple[list[_Wire], list[tuple[int, int]]]:
+        if self._plans_of is not self._wires:
+            self._plans, self._plans_of = {}, self._wires
+        plan = self._plans.get(group)
+        if plan is None:
+            wires = [w for w in self._wires.values() if w.point.poll == group]
+            plan = self._plans[group] = (wires, self._reads(_spans(wires)))
+        return plan
 
     async def read(self, point: str) -> Reading:
         """Read one point now."""
@@ -360,9 +373,15 @@ class ModbusDevice:
             retries=self.retries,
         )
 
+    def _reads(self, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        return plan_reads(spans, max_count=MAX_READ_COUNT, max_gap=self._max_gap)
+
     async def _read_spans(self, spans: Iterable[tuple[int, int]]) -> dict[int, int]:
+        return await self._read_plan(self._reads(spans))
+
+    async def _read_plan(self, reads: Iterable[tuple[int, int]]) -> dict[int, int]:
         registers: dict[int, int] = {}
-        for start, count in plan_reads(spans, max_count=MAX_READ_COUNT, max_gap=self._max_gap):
+        for start, count in reads:
             words = await self._read(start, count)
             registers.update(zip(range(start, start + count), words, strict=False))
         return registers

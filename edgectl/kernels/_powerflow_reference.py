@@ -54,9 +54,6 @@ class ReferenceNewtonSolver:
         self.droop_i_out = np.zeros(droop_g.shape[0])
         self.droop_saturated_out = np.zeros(droop_g.shape[0], dtype=np.uint8)
 
-    def reference_pivots(self) -> FloatArray:
-        return self.d0.copy()
-
     def _droop_current(self, v: FloatArray) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
         raw = self.droop_g * (self.droop_v_ref - v[self.droop_bus])
         linear = (raw > self.droop_lo) & (raw < self.droop_hi)

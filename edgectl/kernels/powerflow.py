@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -326,8 +326,3 @@ def conductance_pattern(
         np.ascontiguousarray(upper.indices, dtype=np.intp),
         np.ascontiguousarray(upper.data, dtype=np.float64),
     )
-
-
-def solve_once(topology: Topology, s_bus_w: npt.ArrayLike, **kwargs: Any) -> PowerFlowResult:
-    """Build a solver for `topology` and solve one operating point."""
-    return PowerFlow(topology, **kwargs).solve(s_bus_w)

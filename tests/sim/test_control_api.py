@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from sim_helpers import until, value
 
 from edgectl.config.load import load_site
 from edgectl.devicemaps.loader import load_maps
-from edgectl.devicemaps.readings import NOT_IMPLEMENTED, Reading
+from edgectl.devicemaps.readings import NOT_IMPLEMENTED
 from edgectl.drivers.modbus import ModbusDevice
 from edgectl.drivers.redfish import NOT_IMPLEMENTED_NULL, RedfishDevice
 from edgectl.errors import DeviceTimeout, DeviceUnreachable
@@ -91,20 +91,6 @@ async def bench(
         transport = ModbusTransport(backoff_initial_s=0.05, backoff_max_s=0.1)
         yield Bench(sim, api, http, transport)
         await transport.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s")
-        await asyncio.sleep(0.02)
-
-
-def value(reading: Reading) -> float:
-    assert reading.valid, reading.reason
-    assert isinstance(reading.value, int | float)
-    return float(reading.value)
 
 
 async def test_get_sim_reports_time_devices_and_bus(bench: Bench) -> None:

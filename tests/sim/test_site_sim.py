@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
+from sim_helpers import until, value
 
 from edgectl.config.load import load_site
 from edgectl.config.site import Site
 from edgectl.devicemaps.loader import MapIndex, load_maps
-from edgectl.devicemaps.readings import Reading
 from edgectl.drivers.modbus import ModbusDevice
 from edgectl.drivers.opcua import OpcUaDevice
 from edgectl.drivers.redfish import RedfishDevice
@@ -88,20 +88,6 @@ async def bench(
     async with sim:
         yield Bench(sim, site, pki, transport, MAPS)
         await transport.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s")
-        await asyncio.sleep(0.02)
-
-
-def value(reading: Reading) -> float:
-    assert reading.valid, reading.reason
-    assert isinstance(reading.value, int | float)
-    return float(reading.value)
 
 
 async def test_every_device_answers_through_its_protocol_with_plausible_values(
