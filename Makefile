@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest bench clean
+.PHONY: install test lint typecheck pytest bench demo clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard cext/*.pyx cext/*.pxd)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/edgectl demo
 
 bench: $(STAMP)
 	$(BIN)/edgectl bench --site examples/reference_site.toml

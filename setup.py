@@ -66,5 +66,8 @@ setup(
     ext_modules=_extensions(),
     package_dir={"": ".", "edgectl.firmware_configs": "firmware_configs"},
     packages=[*find_packages(include=["edgectl", "edgectl.*"]), "edgectl.firmware_configs"],
-    package_data={"edgectl.firmware_configs": ["**/*.toml", "*.md"]},
+    package_data={
+        "edgectl.firmware_configs": ["**/*.toml", "*.md"],
+        "edgectl.sim": ["sites/*.toml"],  # the demo site and its scripted day
+    },
 )

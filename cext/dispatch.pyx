@@ -192,6 +192,7 @@ def decide(
     double rack_min_off_s,
     double grid_import_max_w,
     double grid_budget_w,
+    double fixed_load_w,
     int newton_max_iter,
     const signed char[::1] tier,
     const double[::1] p_min_w,
@@ -287,7 +288,8 @@ def decide(
         else:
             budget = dmax(grid_budget_w, 0.0)
         grid_limit = dmin(dmin(g_sum, grid_import_max_w), budget)
-        supply = r_w + d_w + grid_limit
+        # The fixed load comes first out of the stack; S < 0 sheds every rack with a floor.
+        supply = r_w + d_w + grid_limit - fixed_load_w
 
         # Rule 2, bounds: lo in scratch, want in cap_w, tier demand in by_tier[0:4].
         for t in range(TIERS):
@@ -408,16 +410,19 @@ def decide(
                         spare -= c0
                         started += 1
 
-        # Rule 7, served power per tier; need is the sum of the caps.
+        # Rule 7, served power per tier; need is the sum of the caps, then the fixed load,
+        # added last as in the reference.
         for t in range(TIERS):
             by_tier[TIERS + t] = 0.0
         for i in range(n):
             need += cap_w[i]
             by_tier[TIERS + tier[i]] += dmin(demand_w[i], cap_w[i]) if on[i] else 0.0
+        need += fixed_load_w
         for t in range(TIERS):
             by_tier[2 * TIERS + t] = dmax(by_tier[t] - by_tier[TIERS + t], 0.0)
 
         # Rule 6, use of supply: renewables, batteries, grid; surplus charges, then curtails.
+        # When S < 0 each source gives its limit and the rest of the fixed load goes unmet.
         used_r = dmin(need, r_w)
         rest = need - used_r
         used_d = dmin(rest, d_w)

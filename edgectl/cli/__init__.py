@@ -29,6 +29,10 @@ COMMANDS = {
     "read": "read",
     "write": "write",
     "dump": "dump",
+    "status": "status",
+    "dump-cycles": "dump_cycles",
+    "run": "run",
+    "demo": "demo",
 }
 
 

@@ -81,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "temporary directory, removed at exit)",
     )
     parser.add_argument(
+        "--device-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="simulated seconds after which a rack limit or turbine limit not rewritten, or "
+        "a battery heartbeat that stopped, reverts (default 60, as on the real devices)",
+    )
+    parser.add_argument(
         "--insecure-opcua",
         action="store_true",
         help="also offer an OPC UA endpoint without security (benches only)",
@@ -111,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         initial_soc=args.initial_soc,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         insecure_opcua=args.insecure_opcua,
+        redfish_revert_s=args.device_timeout,
+        wind_revert_s=args.device_timeout,
+        heartbeat_timeout_s=args.device_timeout,
     )
     scenario_note = ""
     if args.scenario:
@@ -129,6 +140,8 @@ def _check_arguments(args: argparse.Namespace) -> float:
         raise UsageError(f"--speed {args.speed:g}: must be a positive number")
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UsageError(f"--duration {args.duration:g}: must be a positive number of seconds")
+    if not (math.isfinite(args.device_timeout) and args.device_timeout > 0):
+        raise UsageError(f"--device-timeout {args.device_timeout:g}: must be a positive number")
     if not 0 <= args.control_port <= 65535:
         raise UsageError(f"--control-port {args.control_port}: must be 0..65535")
     if not 1 <= args.day_of_year <= 365:

@@ -28,6 +28,7 @@ from edgectl.config.site import (
     DROOP_KINDS,
     Bus,
     Control,
+    Daemon,
     Device,
     Line,
     Rack,
@@ -47,7 +48,11 @@ _ENTRY_MODELS: dict[str, type[BaseModel]] = {
     "rack": Rack,
     "device": Device,
 }
-_TABLE_MODELS: dict[str, type[BaseModel]] = {"site": SiteInfo, "control": Control}
+_TABLE_MODELS: dict[str, type[BaseModel]] = {
+    "site": SiteInfo,
+    "control": Control,
+    "daemon": Daemon,
+}
 SOURCE_KINDS = ("pv", "wind", "bess", "grid")  # summary order: renewables, storage, grid
 _TIERS = (0, 1, 2, 3)
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

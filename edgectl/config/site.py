@@ -56,6 +56,25 @@ class Control(_Strict):
     # p_min_w by this fraction and it has been off this long: hysteresis against flapping.
     rack_on_margin: float = Field(default=0.2, ge=0, le=10)
     rack_min_off_s: float = Field(default=30.0, ge=0)
+    # The green share is kept over this rolling window (the rule counts energy, not power).
+    green_window_s: float = Field(default=86_400.0, ge=60, le=366 * 86_400)
+
+
+class Daemon(_Strict):
+    """How `edgectl run` behaves on the gateway; every key has a default."""
+
+    # Loopback "host:port" or "unix:/path": the status API has no authentication.
+    status_listen: str = Field(default="127.0.0.1:8470", min_length=1)
+    # A reading older than this counts as lost; unset: 3 control periods, at least 2 s.
+    stale_s: float | None = Field(default=None, gt=0, le=3600)
+    # An input must be back (or a fault gone) this long before a state is left: hysteresis.
+    recover_s: float = Field(default=10.0, ge=0, le=3600)
+    # STARTING lasts until every device has answered once, or this long at most.
+    startup_s: float = Field(default=10.0, ge=0, le=600)
+    # Written with every setpoint as the device's fallback timer (SunSpec *_RvrtTms).
+    revert_s: float = Field(default=60.0, ge=1, le=3600)
+    # The flight recorder keeps this many cycles (snapshot and decision) in memory.
+    recorder_cycles: int = Field(default=300, ge=1, le=100_000)
 
 
 class Bus(_Strict):
@@ -211,6 +230,7 @@ class Site(_Strict):
     sources: list[Source] = Field(alias="source", min_length=1)
     racks: list[Rack] = Field(alias="rack", default_factory=list)
     devices: list[Device] = Field(alias="device", default_factory=list)
+    daemon: Daemon = Field(default_factory=Daemon)
 
     def bus_v_nominal_v(self, bus: Bus) -> float:
         return bus.v_nominal_v if bus.v_nominal_v is not None else self.site.v_nominal_v

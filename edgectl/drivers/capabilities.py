@@ -26,6 +26,7 @@ __all__ = [
     "Battery",
     "BatteryControl",
     "Curtailable",
+    "DroopControl",
     "Heartbeat",
     "Meter",
     "Polled",
@@ -89,6 +90,16 @@ class BatteryControl(Protocol):
     async def set_power_w(self, p_w: float) -> Reading:
         """Charge (p_w < 0) or discharge (p_w > 0) at `p_w` W, clamped to the battery's
         limits; also beats the heartbeat. The setpoint read back, in W."""
+
+
+@runtime_checkable
+class DroopControl(Protocol):
+    """A battery that can be left to hold the bus by its droop, its charging capped."""
+
+    async def set_droop(self, charge_limit_w: float) -> Reading:
+        """Leave remote power control (the converter's droop holds the bus again) with
+        charging capped at `charge_limit_w` W; also beats the heartbeat. The charge limit
+        read back, in W."""
 
 
 @runtime_checkable

@@ -254,7 +254,7 @@ class WindDriver(SourceDriver, _HeartbeatMixin):
 
 
 class BatteryDriver(_HeartbeatMixin):
-    """A battery (Battery, BatteryControl, Heartbeat) with SunSpec 802 and 124 points.
+    """A battery (Battery, BatteryControl, DroopControl, Heartbeat), SunSpec 802 and 124.
 
     A setpoint p_w is written as StorCtl_Mod = both bits with InWRte = charge share of
     WChaMax and OutWRte = discharge share of WDisChaRteMax, the other one 0, so that the
@@ -292,6 +292,19 @@ class BatteryDriver(_HeartbeatMixin):
             await self._write("storage_mode", mode)
         await self.heartbeat()
         return self._setpoint_w(back_in, back_out, charge_base, discharge_base)
+
+    async def set_droop(self, charge_limit_w: float) -> Reading:
+        if not math.isfinite(charge_limit_w):
+            return self._unusable(f"charge limit {charge_limit_w} is not a finite number")
+        spec = self._point("charge_limit_w")
+        top = _positive(self.reading("p_charge_max_w"))
+        limit = max(charge_limit_w, 0.0) if top is None else min(max(charge_limit_w, 0.0), top)
+        await self._write_revert("rate_revert_s")
+        back = await self._write("charge_limit_w", _clamp(limit, spec.range if spec else None))
+        if _number(self.reading("storage_mode")) != 0:
+            await self._write("storage_mode", 0)
+        await self.heartbeat()
+        return back
 
     def _setpoint_w(
         self, back_in: Reading, back_out: Reading, charge_base: Reading, discharge_base: Reading

@@ -4,9 +4,10 @@ An independent statement of rules 1, 2 and the serving part of rule 4 for given 
 states (edgectl/kernels/dispatch.py): one column per rack that is on (its cap, between
 lo and want), per renewable (used, up to its availability), per battery (discharge
 and charge, up to their limits) and per grid source (import, up to its cap); one
-balance row, the grid import limit, and the grid
-budget (a fixed budget, or the green-share rule grid <= k * (renewables + discharge -
-charge)). Racks that are off stay at 0: no shedding, no starting. Tests use the
+balance row (racks + charge + the fixed load = renewables + discharge + grid), the grid
+import limit, and the grid budget (a fixed budget, or the green-share rule grid <= k *
+(renewables + discharge - charge)). Racks that are off stay at 0: no shedding, no
+starting. A fixed load the sources cannot cover makes the LP infeasible. Tests use the
 lexicographic solve as the oracle of the kernel's per-tier served power; `edgectl bench`
 times the single weighted solve as the baseline.
 
@@ -88,8 +89,10 @@ class _Lp:
         # Columns in this order: racks, renewables, discharge, charge, grid.
         lower = np.concatenate([lo, np.zeros(renewable.size + 2 * discharge.size + grid.size)])
         upper = np.concatenate([want, renewable, discharge, charge, grid])
+        fixed_w = float(inputs.fixed_load_w)
         # Work in units of the largest bound, so HiGHS's absolute tolerances fit every size.
-        self.scale = max(1.0, float(upper.max())) if upper.size else 1.0
+        self.scale = max(1.0, fixed_w, float(upper.max()) if upper.size else 0.0)
+        self.fixed_w = fixed_w
         self.on = on
         self.tier = params.rack_tier[on]
         self.demand = inputs.rack_demand_w[on]
@@ -113,10 +116,10 @@ class _Lp:
         )
 
         rows: list[tuple[float, float, npt.NDArray[np.int32], FloatArray]] = []
-        # Balance: racks + charge = renewables + discharge + grid.
+        # Balance: racks + charge - renewables - discharge - grid = -fixed load.
         cols = np.arange(self.n_cols, dtype=np.int32)
         coef = np.concatenate([np.ones(n), -np.ones(m + b), np.ones(b), -np.ones(g)])
-        rows.append((0.0, 0.0, cols, coef))
+        rows.append((-fixed_w / self.scale, -fixed_w / self.scale, cols, coef))
         grid_cols = np.arange(g0, g0 + g, dtype=np.int32)
         rows.append((-math.inf, params.grid_import_max_w / self.scale, grid_cols, np.ones(g)))
         budget = inputs.grid_budget_w
@@ -148,11 +151,13 @@ class _Lp:
         h.run()
         status = h.getModelStatus()
         if status == highspy.HighsModelStatus.kModelEmpty:
+            if self.fixed_w > 0.0:
+                raise ValueError("dispatch LP: no source for the fixed load")
             return 0.0  # no rack on and no source: nothing to choose
         if status != highspy.HighsModelStatus.kOptimal:
             raise ValueError(
                 f"dispatch LP: {h.modelStatusToString(status)} (the floors of the racks "
-                "that are on may exceed the supply)"
+                "that are on and the fixed load may exceed the supply)"
             )
         return float(h.getInfo().objective_function_value) * self.scale
 

@@ -129,6 +129,7 @@ def decide_reference(
     inputs: DispatchInput,
     grid_available_w: FloatArray,
     budget_w: float,
+    fixed_load_w: float,
     newton_max_iter: int,
 ) -> DispatchResult:
     """The whole decision of one cycle, rules 1-7, on validated arrays."""
@@ -138,7 +139,8 @@ def decide_reference(
     r_w = _seqsum(available)
     d_w = _seqsum(discharge)
     c_w = _seqsum(charge)
-    supply_w = r_w + d_w + grid_limit
+    # The fixed load comes first out of the stack; S < 0 sheds every rack with a floor.
+    supply_w = r_w + d_w + grid_limit - fixed_load_w
 
     # Rule 2: bounds of the racks that are on.
     tier = params.rack_tier
@@ -222,7 +224,8 @@ def decide_reference(
     unserved_by_tier = np.maximum(demand_by_tier - served_by_tier, 0.0)
 
     # Rule 6: renewables first, then batteries, then the grid; surplus charges, then curtails.
-    need = _seqsum(cap)
+    # The sources deliver for the fixed load too, and no more than their limits when S < 0.
+    need = _seqsum(cap) + fixed_load_w
     used_r = min(need, r_w)
     rest = need - used_r
     used_d = min(rest, d_w)

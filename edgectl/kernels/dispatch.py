@@ -16,7 +16,14 @@ relative on powers and exactly on which racks are on.
    green-share rule holds instead: the grid imports at most k times the green power used
    (renewables + battery discharge), k = (1 - g) / g with g = green_share_min (g = 0: no
    limit, g = 1: no import). The grid comes last in the stack, so it only imports once R
-   and D are used up and the budget is k * (R + D). Supply S = R + D + min(Gc, budget).
+   and D are used up and the budget is k * (R + D). The fixed load F = fixed_load_w is
+   what the racks that cannot be capped this cycle draw (no device, a BMC that stopped
+   answering, counted at its last cap, a rack that ignores its limit); it is served
+   first, before tier 0, from the same stack, and leaves the budget at k * (R + D).
+   Supply S = R + D + min(Gc, budget) - F, what the caps together may reach. S < 0 when
+   the stack cannot even cover F: then every rack with a floor is shed (rule 3) and
+   none starts. The caller passes the racks behind F as off with demand 0, so they are
+   neither served nor started.
 2. Rack bounds. Caps are what is budgeted: a rack may draw up to its cap at any moment
    of the cycle (GPU load swings within it), so the caps together must fit S. A rack
    that is on may move its cap by at most step = ramp_w_per_s * period_s:
@@ -57,14 +64,17 @@ relative on powers and exactly on which racks are on.
    The margin and the minimum off time are the hysteresis that stops racks flapping.
    Only racks that were off when the cycle began are candidates: a rack shed in this
    cycle (rules 3 and 4) is never started in the same cycle, even with rack_min_off_s 0.
-6. Use of supply. need = sum of the caps. Renewables give used = min(need, R), the
+6. Use of supply. need = sum of the caps + F (that sum first, then F), so the sources
+   deliver for the fixed load too. Renewables give used = min(need, R), the
    batteries min(need - used, D) split in proportion to their discharge limits, the
    grid the rest (at most min(Gc, budget)) split in proportion to its sources' caps.
    The surplus R - used charges the batteries up to C, in proportion to their charge
-   limits; the rest is curtailed. A renewable's p_w is what it produces (for the racks
-   and for charging), the same fraction of availability for every renewable, and
-   curtailed_w = min(available, p_max_w) - p_w. The grid never charges a battery and
-   never exports.
+   limits; the rest is curtailed. A renewable's p_w is what it produces (for the racks,
+   the fixed load and charging), the same fraction of availability for every renewable,
+   and curtailed_w = min(available, p_max_w) - p_w. The grid never charges a battery and
+   never exports. When S < 0 every cap is 0 and each source delivers its limit (R, D
+   and min(Gc, budget)) and nothing more: the remaining -S of the fixed load is served
+   by no source, which supply_w < 0 reports.
 7. Served power of a rack is min(demand_w, cap_w), 0 when off. A tier's demand sums
    demand_w over all its racks, off ones included; unserved = demand - served.
 8. Deterministic: the same inputs give bit-identical outputs (sums run in index order,
@@ -75,16 +85,17 @@ relative on powers and exactly on which racks are on.
    compiled kernel orders a tier's floors for shedding with a stable radix sort, and
    only once a rack of that tier is to be shed.
 
-Validation (dtypes, C-contiguity, lengths, tiers in 0..3) happens here; the kernel trusts
-it. Values are expected finite except rack_off_s (+inf: off for an unknown time) and
-grid_budget_w (NaN: use the green-share rule); `edgectl.model.dispatch_input` checks
-snapshots before they get here.
+Validation (dtypes, C-contiguity, lengths, tiers in 0..3, fixed_load_w a finite number
+>= 0) happens here; the kernel trusts it. Values are expected finite except rack_off_s
+(+inf: off for an unknown time) and grid_budget_w (NaN: use the green-share rule);
+`edgectl.model.dispatch_input` checks snapshots before they get here.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -250,6 +261,7 @@ class DispatchInput:
     rack_off_s: FloatArray  # how long it has been off; +inf when unknown
     grid_available_w: FloatArray | None = None  # None: each grid source's p_max_w
     grid_budget_w: float = math.nan  # NaN: the green-share rule sets the budget
+    fixed_load_w: float = 0.0  # drawn by racks not capped this cycle, served first (rule 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,8 +280,20 @@ class DispatchResult:
     served_w: float
     shed: int  # racks switched off this cycle
     started: int  # racks switched on this cycle
-    supply_w: float  # S of rule 1: what the caps together may reach
+    supply_w: float  # S of rule 1: what the caps together may reach; < 0 when F is not covered
     compiled: bool  # which implementation decided
+
+
+def _check_fixed_load(value: object) -> float:
+    """The fixed load as a float; ValueError unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"fixed_load_w: expected a finite power in W >= 0, got {type(value).__name__}"
+        )
+    x = float(value)
+    if not (math.isfinite(x) and x >= 0.0):
+        raise ValueError(f"fixed_load_w: expected a finite power in W >= 0, got {x!r}")
+    return x
 
 
 def _check_input(params: DispatchParams, inputs: DispatchInput) -> FloatArray:
@@ -328,12 +352,15 @@ def dispatch(
     """Decide one cycle: rack caps and on/off, and what every source delivers."""
     grid_available_w = _check_input(params, inputs)
     budget = float(inputs.grid_budget_w)
+    fixed_load_w = _check_fixed_load(inputs.fixed_load_w)
     if implementation == "reference" or (
         implementation == "auto" and kernels._dispatch_ext is None
     ):
         from edgectl.kernels._dispatch_reference import decide_reference
 
-        return decide_reference(params, inputs, grid_available_w, budget, NEWTON_MAX_ITER)
+        return decide_reference(
+            params, inputs, grid_available_w, budget, fixed_load_w, NEWTON_MAX_ITER
+        )
     if implementation not in ("auto", "compiled"):
         raise ValueError(
             f"implementation: expected auto, compiled or reference, got {implementation!r}"
@@ -355,6 +382,7 @@ def dispatch(
         params.rack_min_off_s,
         params.grid_import_max_w,
         budget,
+        fixed_load_w,
         NEWTON_MAX_ITER,
         params.rack_tier,
         params.rack_p_min_w,

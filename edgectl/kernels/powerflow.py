@@ -40,6 +40,8 @@ REL_TOL = 1e-10
 MAX_ITER = 30
 # Smallest load step of the continuation fallback, as a fraction of the operating point.
 CONTINUATION_MIN_STEP = 1.0 / 256
+# The flat start sits this fraction below the highest converter set voltage.
+FLAT_BELOW_REF = 1e-4
 # Iterates below this fraction of the nominal voltage are rejected: the bus has collapsed.
 V_FLOOR_PU = 0.1
 
@@ -201,7 +203,15 @@ class PowerFlow:
 
             self._solver = ReferenceNewtonSolver(*args)
         v_nom = np.ascontiguousarray(topology.v_nominal_v, dtype=np.float64)
+        # Flat start just below the highest set voltage of a converter that can supply, in per
+        # unit of its bus: there that converter injects a little and is off its limits, so
+        # Newton has a slope even when every other converter sits at a limit of 0 A (an
+        # import-only grid tie above its set voltage, batteries held at a setpoint).
         self._flat = v_nom.copy()
+        supplying = topology.droop_i_max_a > 0
+        if np.any(supplying):
+            ref_pu = topology.droop_v_ref_v[supplying] / v_nom[topology.droop_bus[supplying]]
+            self._flat = v_nom * float(ref_pu.max()) * (1.0 - FLAT_BELOW_REF)
         self._v_floor = V_FLOOR_PU * float(v_nom.min())
         self._i_nominal = 1.0 / v_nom
         # Round-off floor of the mismatch: |G_kk| V is the largest term summed at a bus.

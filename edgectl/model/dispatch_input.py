@@ -5,13 +5,16 @@ A snapshot (JSON) holds one cycle's view of the site:
     {"sources": {"pv-1": {"available_w": 512000.0}, "bess-1": {"soc": 0.63}, ...},
      "racks": {"r01": {"demand_w": 98000.0, "cap_w": 96000.0, "on": true},
                "r02": {"demand_w": 0.0, "cap_w": 0.0, "on": false, "off_s": 120.0}, ...},
-     "grid_budget_w": 50000.0}
+     "grid_budget_w": 50000.0,
+     "fixed_load_w": 96000.0}
 
 Every pv, wind and bess source and every rack must appear; a grid source may (its
 available_w defaults to its p_max_w). off_s is how long an off rack has been off
 (absent or null: unknown, as if forever). grid_budget_w is optional (absent or null:
-the green-share rule sets the grid budget). Every problem is collected, then all are
-raised together as one InputError.
+the green-share rule sets the grid budget). fixed_load_w is optional (absent or null:
+0): a power in W >= 0 drawn by racks that cannot be capped this cycle, served before
+tier 0 (rule 1 of edgectl/kernels/dispatch.py); such racks are listed as off with
+demand_w 0. Every problem is collected, then all are raised together as one InputError.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from edgectl.kernels.dispatch import DispatchInput, DispatchParams, FloatArray
 # Keys of a rack entry: required ones and optional ones.
 RACK_REQUIRED = ("demand_w", "cap_w", "on")
 RACK_OPTIONAL = ("off_s",)
-TOP_KEYS = ("sources", "racks", "grid_budget_w")
+TOP_KEYS = ("sources", "racks", "grid_budget_w", "fixed_load_w")
 
 
 def params_from_site(site: Site) -> DispatchParams:
@@ -67,7 +70,8 @@ def params_from_site(site: Site) -> DispatchParams:
     )
 
 
-def _kind_name(value: object) -> str:
+def kind_name(value: object) -> str:
+    """What a parsed JSON value is, for problem messages: "a string", "null", ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -84,17 +88,19 @@ def _kind_name(value: object) -> str:
 class _Reader:
     """Collects problems while reading values out of a snapshot."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, at: str = "") -> None:
         self.file = file
+        self.at = at  # key path of the snapshot within its file; empty: the whole file
         self.problems: list[Problem] = []
 
     def add(self, path: str, message: str) -> None:
-        self.problems.append(Problem(self.file, path, message))
+        where = f"{self.at}.{path}" if self.at and path else self.at or path
+        self.problems.append(Problem(self.file, where, message))
 
     def number(self, path: str, value: object, what: str, *, upper: float = math.inf) -> float:
         """A finite number in [0, upper]; NaN (after adding a problem) when it is not."""
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.add(path, f"expected {what}, found {_kind_name(value)}")
+            self.add(path, f"expected {what}, found {kind_name(value)}")
             return math.nan
         x = float(value)
         if not math.isfinite(x):
@@ -111,7 +117,7 @@ class _Reader:
         """An object, its unknown keys reported; None (after a problem) when not an object."""
         if not isinstance(value, Mapping):
             self.add(
-                path, f"expected an object with {', '.join(allowed)}, found {_kind_name(value)}"
+                path, f"expected an object with {', '.join(allowed)}, found {kind_name(value)}"
             )
             return None
         for key in value:
@@ -126,28 +132,30 @@ class _Reader:
         if key not in data:
             if needed:
                 self.add(
-                    key, f"missing; expected an object with an entry per {what} ({_listed(needed)})"
+                    key, f"missing; expected an object with an entry per {what} ({listed(needed)})"
                 )
             return None
         value = data[key]
         if not isinstance(value, Mapping):
-            self.add(key, f"expected an object keyed by {what} id, found {_kind_name(value)}")
+            self.add(key, f"expected an object keyed by {what} id, found {kind_name(value)}")
             return None
         return value
 
 
-def _listed(ids: list[str], limit: int = 5) -> str:
+def listed(ids: list[str], limit: int = 5) -> str:
+    """The first few ids, and how many there are when that is not all of them."""
     shown = ", ".join(ids[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
 def input_from_snapshot(
-    site: Site, params: DispatchParams, data: object, file: str
+    site: Site, params: DispatchParams, data: object, file: str, *, at: str = ""
 ) -> DispatchInput:
     """Validate a parsed snapshot against the site and turn it into kernel arrays."""
-    rd = _Reader(file)
+    # `at`: the key path of the snapshot within its file, prefixed to every problem's.
+    rd = _Reader(file, at)
     if not isinstance(data, Mapping):
-        rd.add("", f"expected a JSON object with sources and racks, found {_kind_name(data)}")
+        rd.add("", f"expected a JSON object with sources and racks, found {kind_name(data)}")
         raise InputError(rd.problems)
     for key in data:
         if key not in TOP_KEYS:
@@ -162,7 +170,7 @@ def input_from_snapshot(
     for sid, raw in (sources or {}).items():
         path = f"sources.{sid}"
         if sid not in kinds:
-            rd.add(path, f"unknown source; the site has: {_listed(list(kinds))}")
+            rd.add(path, f"unknown source; the site has: {listed(list(kinds))}")
             continue
         group, index = params.source_index[sid]
         key = "soc" if group == "battery" else "available_w"
@@ -197,7 +205,7 @@ def input_from_snapshot(
     for rid, raw in (racks or {}).items():
         path = f"racks.{rid}"
         if rid not in params.rack_index:
-            rd.add(path, f"unknown rack; the site has: {_listed(rack_ids)}")
+            rd.add(path, f"unknown rack; the site has: {listed(rack_ids)}")
             continue
         i = params.rack_index[rid]
         entry = rd.entry(path, raw, allowed)
@@ -216,7 +224,7 @@ def input_from_snapshot(
             if isinstance(value, bool):
                 on[i] = 1 if value else 0
             else:
-                rd.add(f"{path}.on", f"expected true or false, found {_kind_name(value)}")
+                rd.add(f"{path}.on", f"expected true or false, found {kind_name(value)}")
         if entry.get("off_s") is not None:
             off_s[i] = rd.number(
                 f"{path}.off_s", entry["off_s"], "seconds >= 0 (or null when unknown)"
@@ -235,6 +243,11 @@ def input_from_snapshot(
             data["grid_budget_w"],
             "a power in W >= 0 (or null for the green-share rule)",
         )
+    fixed_load = 0.0
+    if data.get("fixed_load_w") is not None:
+        fixed_load = rd.number(
+            "fixed_load_w", data["fixed_load_w"], "a power in W >= 0 (or null for none)"
+        )
 
     if rd.problems:
         raise InputError(rd.problems)
@@ -247,4 +260,5 @@ def input_from_snapshot(
         rack_off_s=off_s,
         grid_available_w=grid,
         grid_budget_w=budget,
+        fixed_load_w=fixed_load,
     )

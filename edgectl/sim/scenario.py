@@ -27,9 +27,9 @@ Kinds and their keys (defaults in brackets; "source" and "device" name ids of th
     firmware       `device` comes back from a firmware update reporting `version` (a
                    string); a Modbus device then serves the device map that covers it.
     fault          `device` shows faults: `offline`, `timeout`, `garbage`, `not_implemented`,
-                   `stuck` (true/false), `latency_s` (>= 0), `points` (point names; [] for
-                   all); they replace the device's faults and clear after `duration_s`
-                   [never].
+                   `stuck`, `ignore_setpoints` (true/false), `latency_s` (>= 0), `points`
+                   (point names; [] for all); they replace the device's faults and clear
+                   after `duration_s` [never].
     clear_faults   `device` loses every fault.
 
 Instead of `source`, the physical events also take `device`: the device of a source.
@@ -139,7 +139,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
 _KIND_OF: dict[type[Event], str] = {cls: kind for kind, cls in EVENT_KINDS.items()}
 # Source kind each physical event acts on.
 _SOURCE_KIND = {"cloud": "pv", "gust": "wind", "cutout": "wind", "battery_fault": "bess"}
-_FAULT_FLAGS = ("offline", "timeout", "garbage", "not_implemented", "stuck")
+_FAULT_FLAGS = ("offline", "timeout", "garbage", "not_implemented", "stuck", "ignore_setpoints")
 # Numbers of each physical event other than duration_s: (low, high, low is exclusive).
 _NUMBERS: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
     "cloud": {"depth": (0.0, 1.0, False), "ramp_s": (0.0, None, False)},
@@ -297,6 +297,7 @@ def faults_to_dict(faults: DeviceFaults) -> dict[str, Any]:
         "garbage": faults.garbage,
         "not_implemented": faults.not_implemented,
         "stuck": faults.stuck,
+        "ignore_setpoints": faults.ignore_setpoints,
         "points": sorted(faults.points),
     }
 

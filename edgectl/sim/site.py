@@ -829,7 +829,7 @@ class SiteSimulator:
     def _limit_of(self, role: str, target: str) -> float | None:
         """The power limit (W) written for a pv, wind or rack target, if any is in force."""
         link = self._by_target.get((role, target))
-        if link is None:
+        if link is None or link.state.faults.ignore_setpoints:
             return None
         points = link.state.device_map.points
         if role == "pv" and "limit_pct" in points:
@@ -1055,6 +1055,7 @@ class SiteSimulator:
         current.offline, current.timeout = faults.offline, faults.timeout
         current.garbage, current.not_implemented = faults.garbage, faults.not_implemented
         current.stuck, current.latency_s = faults.stuck, faults.latency_s
+        current.ignore_setpoints = faults.ignore_setpoints
         current.points = set(faults.points)
         token = link.fault_token = object()
         if duration_s is not None:

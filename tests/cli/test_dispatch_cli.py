@@ -182,6 +182,59 @@ def test_supply_drop_switches_tier_3_off_for_tier_0(
     assert out["unserved_w_by_tier"] == pytest.approx([0.0, 30000.0, 0.0, 80000.0], abs=1e-6)
 
 
+def test_fixed_load_is_served_first(
+    site_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 10 kW of racks that cannot be capped: 140 kW are left for the caps, so tier 3 stays
+    # at its 20 kW floor; the renewables deliver their 150 kW, for the racks and that load.
+    snap = copy.deepcopy(SNAPSHOT)
+    snap["fixed_load_w"] = 10000.0
+    path = write_json(tmp_path, snap)
+    assert main(["dispatch", site_file, "--snapshot", path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fixed_load_w"] == 10000.0
+    assert out["supply_w"] == pytest.approx(140000.0)
+    assert [r["cap_w"] for r in out["racks"]] == pytest.approx([60000.0, 60000.0, 20000.0])
+    assert out["served_w_by_tier"] == pytest.approx([60000.0, 60000.0, 0.0, 20000.0])
+    sources = {s["id"]: s for s in out["sources"]}
+    assert sources["pv-1"]["p_w"] + sources["wind-1"]["p_w"] == pytest.approx(150000.0)
+    assert main(["dispatch", site_file, "--snapshot", path]) == 0
+    assert "fixed load 10.0 kW, served first" in capsys.readouterr().out
+
+
+def test_fixed_load_above_the_supply_switches_every_rack_off(
+    site_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snap = copy.deepcopy(SNAPSHOT)
+    snap["fixed_load_w"] = 200000.0
+    path = write_json(tmp_path, snap)
+    assert main(["dispatch", site_file, "--snapshot", path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["supply_w"] == pytest.approx(-50000.0)
+    assert [r["on"] for r in out["racks"]] == [False, False, False]
+    assert out["shed"] == 3 and out["served_w"] == 0.0
+    sources = {s["id"]: s for s in out["sources"]}
+    assert sources["pv-1"]["p_w"] == pytest.approx(100000.0)
+    assert sources["wind-1"]["p_w"] == pytest.approx(50000.0)
+    assert main(["dispatch", site_file, "--snapshot", path]) == 0
+    assert "the sources fall 50.0 kW short of it" in capsys.readouterr().out
+
+
+def test_null_or_absent_fixed_load_is_none(
+    site_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outputs = []
+    for value in ("absent", None, 0.0):
+        snap = copy.deepcopy(SNAPSHOT)
+        if value != "absent":
+            snap["fixed_load_w"] = value
+        path = write_json(tmp_path, snap)
+        assert main(["dispatch", site_file, "--snapshot", path, "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0]["fixed_load_w"] == 0.0
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
 def test_text_summary(site_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     snap = write_json(tmp_path, SNAPSHOT)
     assert main(["dispatch", site_file, "--snapshot", snap]) == 0
@@ -260,6 +313,15 @@ ERRORS: dict[str, tuple[Mutation, list[str]]] = {
     "unknown top-level key": (_set("budget", 1.0), ["budget: unknown key"]),
     "entry not an object": (_set("racks.r03", [1, 2]), ["racks.r03: expected an object"]),
     "negative grid budget": (_set("grid_budget_w", -1.0), ["grid_budget_w: expected"]),
+    "negative fixed load": (
+        _set("fixed_load_w", -1.0),
+        ["fixed_load_w: expected a power in W >= 0", "-1.0"],
+    ),
+    "fixed load not a number": (
+        _set("fixed_load_w", "10 kW"),
+        ["fixed_load_w: expected a power in W >= 0", "a string"],
+    ),
+    "fixed load a boolean": (_set("fixed_load_w", True), ["fixed_load_w: expected a power"]),
 }
 
 
@@ -290,10 +352,19 @@ def _write_raw(tmp_path: Path, text: str) -> str:
     [
         ('{"racks": {"r01": {"demand_w": NaN}}}', "racks.r01.demand_w: expected a power in W"),
         ('{"racks": {"r01": {"cap_w": Infinity}}}', "racks.r01.cap_w: expected"),
+        ('{"fixed_load_w": NaN}', "fixed_load_w: expected a power in W >= 0"),
+        ('{"fixed_load_w": -Infinity}', "fixed_load_w: expected a power in W >= 0"),
         ("[1, 2]", "expected a JSON object"),
         ('{"sources": {}\n  "racks": {}}', "invalid JSON at line 2, column 3"),
     ],
-    ids=["nan", "inf", "top level not an object", "invalid json"],
+    ids=[
+        "nan",
+        "inf",
+        "fixed load nan",
+        "fixed load -inf",
+        "top level not an object",
+        "invalid json",
+    ],
 )
 def test_unparsable_or_non_finite_snapshots(
     text: str, expected: str, site_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

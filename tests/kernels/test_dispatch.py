@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,6 +81,7 @@ def make_input(
     soc: Sequence[float] = (),
     grid_available: list[float] | None = None,
     grid_budget_w: float = math.nan,
+    fixed_load_w: float = 0.0,
 ) -> DispatchInput:
     return DispatchInput(
         renewable_available_w=f64(available),
@@ -90,6 +92,7 @@ def make_input(
         rack_off_s=f64(off_s if off_s is not None else [math.inf] * len(demand)),
         grid_available_w=None if grid_available is None else f64(grid_available),
         grid_budget_w=grid_budget_w,
+        fixed_load_w=fixed_load_w,
     )
 
 
@@ -104,7 +107,8 @@ class Supply:
     reserve: list[float]
     grid_caps: list[float]
     grid_limit: float  # min(Gc, budget)
-    total: float  # S
+    stack: float  # R + D + min(Gc, budget): all the sources may deliver
+    total: float  # S = stack - fixed load
 
 
 def supply_of(params: DispatchParams, inputs: DispatchInput) -> Supply:
@@ -140,7 +144,9 @@ def supply_of(params: DispatchParams, inputs: DispatchInput) -> Supply:
         g = params.green_share_min
         budget = (1.0 - g) / g * (r + d)
     limit = min(gc, budget)
-    return Supply(renewable, discharge, charge, reserve, grid_caps, limit, r + d + limit)
+    stack = r + d + limit
+    total = stack - inputs.fixed_load_w
+    return Supply(renewable, discharge, charge, reserve, grid_caps, limit, stack, total)
 
 
 def rack_bounds(params: DispatchParams, inputs: DispatchInput) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +165,7 @@ def scale_of(params: DispatchParams, inputs: DispatchInput) -> float:
         params.battery_p_max_w.sum(),
         params.battery_p_charge_max_w.sum(),
         params.grid_p_max_w.sum(),
+        inputs.fixed_load_w,
     ]
     return max(1.0, float(sum(parts)))
 
@@ -247,6 +254,16 @@ def instances(draw: st.DrawFn) -> tuple[DispatchParams, DispatchInput]:
         if draw(st.booleans())
         else ([0.0] * g if zero_sources else draw(st.lists(powers, min_size=g, max_size=g))),
         grid_budget_w=draw(st.one_of(st.just(math.nan), st.floats(0.0, 300e3))),
+        # None most often; else mostly one that the supply covers, at times one it does not.
+        fixed_load_w=draw(
+            st.one_of(
+                st.just(0.0),
+                st.just(0.0),
+                st.floats(0.0, 150e3),
+                st.integers(0, 6).map(lambda k: k * 25e3),
+                st.floats(0.0, 2.5e6),
+            )
+        ),
     )
     return params, inputs
 
@@ -261,7 +278,7 @@ def shortfall_instances(
     The racks come from `instances()`, mostly on, with fresh demands and often with floors
     from a few values (ties in the shedding order). The supply is one renewable and the
     batteries' discharge, no grid: S = floors + u * (sum of want - lo) over the racks that
-    are on, u in [-0.05, 1.05].
+    are on, u in [-0.05, 1.05], after the fixed load that `instances()` drew.
     """
     params, inputs = draw(instances())
     n = params.n_racks
@@ -291,7 +308,7 @@ def shortfall_instances(
     on = inputs.rack_on != 0
     level = float(lo[on].sum()) + draw(st.floats(-0.05, 1.05)) * float((want - lo)[on].sum())
     # The renewable makes up the rest, with room for more (the monotonicity test adds some).
-    r = max(level - sum(supply_of(params, inputs).discharge), 0.0)
+    r = max(level + inputs.fixed_load_w - sum(supply_of(params, inputs).discharge), 0.0)
     params = replace(params, renewable_p_max_w=f64([r + 500e3]))
     inputs = replace(inputs, renewable_available_w=f64([r]))
     return params, inputs
@@ -321,6 +338,10 @@ def test_compiled_matches_reference(case: tuple[DispatchParams, DispatchInput]) 
         f"grid imports: {bool(reference.grid_p_w.sum() > 0)}, battery charges: "
         f"{bool(reference.battery_p_w.sum() < 0)}"
     )
+    fixed = "none" if inputs.fixed_load_w == 0.0 else "covered"
+    if reference.supply_w < 0.0:
+        fixed = "not covered"
+    event(f"fixed load: {fixed}")
 
 
 @settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -444,6 +465,20 @@ def edge_cases() -> dict[str, tuple[DispatchParams, DispatchInput]]:
                 soc=[0.5],
             ),
         ),
+        # Supply 100 + 100 + 50 kW, of which the fixed load takes 90 kW: 160 kW for the
+        # floors (80 kW), tier 0's 70 kW above its floor and 10 kW more.
+        "fixed load": (
+            site,
+            make_input(**state, available=[100e3], soc=[0.5], fixed_load_w=90e3),
+        ),
+        "fixed load equal to the supply": (
+            site,
+            make_input(**state, available=[100e3], soc=[0.5], fixed_load_w=250e3),
+        ),
+        "fixed load above the supply": (
+            site,
+            make_input(**state, available=[100e3], soc=[0.5], fixed_load_w=400e3),
+        ),
     }
 
 
@@ -474,6 +509,16 @@ def test_edge_cases_reach_their_branch() -> None:
     assert full.battery_p_w[0] == 0.0
     green_one = dispatch(*cases["green share 1"], implementation="reference")
     assert green_one.grid_p_w[0] == 0.0
+    # Tier 1 wants 60 kW above its floor, 10 kW are left: tier 3's and tier 2's racks go
+    # off (20 kW each) and tier 1 gets the 50 kW.
+    fixed = dispatch(*cases["fixed load"], implementation="reference")
+    assert fixed.supply_w == pytest.approx(160e3, rel=1e-12) and fixed.shed == 2
+    np.testing.assert_allclose(fixed.rack_cap_w, [90e3, 70e3, 0.0, 0.0], rtol=1e-12)
+    for name in ("fixed load equal to the supply", "fixed load above the supply"):
+        # Every rack has a floor, so every rack goes off.
+        res = dispatch(*cases[name], implementation="reference")
+        np.testing.assert_array_equal(res.rack_on, [0, 0, 0, 0])
+        assert res.shed == 4
 
 
 # ---- properties of every decision
@@ -506,7 +551,12 @@ def check_properties(params: DispatchParams, inputs: DispatchInput, res: Dispatc
     assert np.all(inputs.rack_demand_w[started] > 0)
 
     need = float(cap.sum())
-    assert need <= sup.total * (1 + 1e-9) + tol, "caps exceed the supply"
+    assert need <= max(sup.total, 0.0) * (1 + 1e-9) + tol, "caps exceed the supply"
+    if sup.total < -tol:
+        # The stack does not cover the fixed load: every rack with a floor is off.
+        assert not np.any(now_on & (lo > 0.0)), "a rack with a floor is on with S < 0"
+        assert res.started == 0
+        assert np.all(cap == 0.0)
 
     # Strict priority (rule 4): once a rack of tier t is held below its want, every rack of
     # a later tier that could free anything is off; only racks already on with lo == 0 stay.
@@ -546,10 +596,19 @@ def check_properties(params: DispatchParams, inputs: DispatchInput, res: Dispatc
         assert charge.sum() <= tol, "a battery charges while the grid imports"
         assert discharge.sum() == pytest.approx(sum(sup.discharge), rel=1e-9, abs=tol)
         assert ren_p.sum() == pytest.approx(sum(sup.renewable), rel=1e-9, abs=tol)
-    # Energy balance: racks + charging = renewables + discharging + grid.
-    assert need + charge.sum() == pytest.approx(
+    # Energy balance: racks + fixed load + charging = renewables + discharging + grid, but
+    # for the part of the fixed load that the whole stack does not cover.
+    fixed = inputs.fixed_load_w
+    unmet = max(need + fixed - sup.stack, 0.0)
+    assert need + fixed + charge.sum() - unmet == pytest.approx(
         ren_p.sum() + discharge.sum() + grid.sum(), rel=1e-9, abs=tol
     )
+    if unmet > tol:
+        # Every source delivers what it can, and nothing more.
+        assert sup.total < 0.0
+        assert ren_p.sum() == pytest.approx(sum(sup.renewable), rel=1e-9, abs=tol)
+        assert discharge.sum() == pytest.approx(sum(sup.discharge), rel=1e-9, abs=tol)
+        assert grid.sum() == pytest.approx(sup.grid_limit, rel=1e-9, abs=tol)
     # Curtailment only once the batteries charge as much as they can.
     if res.renewable_curtailed_w.sum() > tol:
         assert charge.sum() == pytest.approx(sum(sup.charge), rel=1e-9, abs=tol)
@@ -890,6 +949,173 @@ def test_supply_stack_order_and_green_share(implementation: kd.Implementation) -
     np.testing.assert_allclose(res.renewable_curtailed_w, [100e3 / 3, 50e3 / 3])
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_fixed_load_is_served_before_tier_0(implementation: kd.Implementation) -> None:
+    params, inputs = shortfall_case()
+    # 120 kW of PV less a fixed load of 20 kW: 100 kW for the caps. Tier 0 gets its
+    # 40 kW, tier 1 the remaining 60 kW: its 12 kW rack stays at its 10 kW floor and the
+    # others share 50 kW of their 120 kW, f = 5/12.
+    res = dispatch(params, replace(inputs, fixed_load_w=20e3), implementation=implementation)
+    assert res.supply_w == pytest.approx(100e3, rel=1e-12)
+    f = 50e3 / 120e3
+    np.testing.assert_allclose(res.rack_cap_w, [40e3, f * 90e3, f * 30e3, 10e3], rtol=1e-12)
+    np.testing.assert_allclose(res.served_w_by_tier, [40e3, 60e3, 0.0, 0.0], rtol=1e-12)
+    # The PV delivers for the caps and for the fixed load: all of its 120 kW.
+    assert res.renewable_p_w[0] == pytest.approx(120e3, rel=1e-12)
+    assert res.renewable_curtailed_w[0] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_fixed_load_above_the_supply_sheds_every_rack_with_a_floor(
+    implementation: kd.Implementation,
+) -> None:
+    # Floors of 20 kW (p_min) on racks 0-3, none on rack 4 (p_min 0, cap 0); rack 5 is off
+    # and could start. Supply: PV 100 kW, the battery 100 kW and the grid its cap, 50 kW
+    # (green share 0.5: budget 200 kW), 250 kW against a fixed load of 300 kW.
+    params = make_params(
+        tier=[0, 1, 2, 3, 0, 1],
+        p_min=[20e3, 20e3, 20e3, 20e3, 0.0, 10e3],
+        p_max=[100e3] * 6,
+        ramp=[50e3] * 6,
+        renewable_p_max=[300e3],
+        battery=[(100e3, 80e3, 1e6, 0.1, 0.9)],
+        grid_p_max=[50e3],
+        green_share_min=0.5,
+        rack_min_off_s=0.0,
+    )
+    inputs = make_input(
+        demand=[90e3, 80e3, 70e3, 60e3, 50e3, 40e3],
+        cap=[60e3, 60e3, 60e3, 60e3, 0.0, 0.0],
+        on=[1, 1, 1, 1, 1, 0],
+        available=[100e3],
+        soc=[0.5],
+        fixed_load_w=300e3,
+    )
+    res = dispatch(params, inputs, implementation=implementation)
+    assert res.supply_w == pytest.approx(-50e3, rel=1e-12)
+    # Rack 4 frees nothing by going off: it stays on, at its floor of 0 W; nothing starts.
+    np.testing.assert_array_equal(res.rack_on, [0, 0, 0, 0, 1, 0])
+    assert (res.shed, res.started) == (4, 0)
+    np.testing.assert_array_equal(res.rack_cap_w, np.zeros(6))
+    np.testing.assert_array_equal(res.served_w_by_tier, np.zeros(4))
+    # Every source delivers its limit for the fixed load, and no more: 50 kW go unmet.
+    np.testing.assert_allclose(res.renewable_p_w, [100e3], rtol=1e-12)
+    np.testing.assert_allclose(res.battery_p_w, [100e3], rtol=1e-12)
+    np.testing.assert_allclose(res.grid_p_w, [50e3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_fixed_load_leaves_the_grid_budget_and_surplus_rules(
+    implementation: kd.Implementation,
+) -> None:
+    # The site of test_supply_stack_order_and_green_share: renewables 150 kW, battery
+    # 100 kW, green share 0.8, so the grid may add (150 + 100) / 4 = 62.5 kW.
+    params = make_params(
+        tier=[0, 0],
+        p_min=[0.0, 0.0],
+        p_max=[500e3, 500e3],
+        ramp=[1e6, 1e6],
+        renewable_p_max=[300e3, 300e3],
+        battery=[(100e3, 50e3, 1e6, 0.1, 0.9)],
+        grid_p_max=[200e3, 100e3],
+        green_share_min=0.8,
+    )
+    inputs = make_input(
+        demand=[400e3, 400e3],
+        cap=[400e3, 400e3],
+        on=[1, 1],
+        available=[100e3, 50e3],
+        soc=[0.5],
+        fixed_load_w=112.5e3,
+    )
+    res = dispatch(params, inputs, implementation=implementation)
+    # The fixed load does not raise the budget: the grid still adds 62.5 kW, and the caps
+    # share what the fixed load leaves of 312.5 kW.
+    assert res.supply_w == pytest.approx(200e3, rel=1e-12)
+    np.testing.assert_allclose(res.rack_cap_w, [100e3, 100e3], rtol=1e-12)
+    np.testing.assert_allclose(res.grid_p_w, [62.5e3 * 2 / 3, 62.5e3 / 3], rtol=1e-12)
+    np.testing.assert_allclose(res.battery_p_w, [100e3], rtol=1e-12)
+    # Little demand: 50 kW for the racks and 50 kW of fixed load come from the 150 kW of
+    # renewables; the 50 kW left charge the battery, and nothing is curtailed.
+    little = replace(inputs, rack_demand_w=f64([30e3, 20e3]), fixed_load_w=50e3)
+    res = dispatch(params, little, implementation=implementation)
+    np.testing.assert_allclose(res.rack_cap_w, [30e3, 20e3], rtol=1e-12)
+    np.testing.assert_allclose(res.battery_p_w, [-50e3], rtol=1e-12)
+    np.testing.assert_allclose(res.grid_p_w, [0.0, 0.0])
+    np.testing.assert_allclose(res.renewable_p_w, [100e3, 50e3], rtol=1e-12)
+    np.testing.assert_allclose(res.renewable_curtailed_w, [0.0, 0.0], atol=1e-6)
+
+
+# Decisions without a fixed load, pinned to 1e-12 so that the fixed load cannot move them:
+# random_instance(40, seed=7) with renewables at a share of the racks' p_max, as (share,
+# on flags, sum of caps, served per tier, supply, shed, started, battery, grid, renewables).
+PINNED_DECISIONS = (
+    (0.6, "1111111111111111111111111111110111111111", 3179474.495318849,
+     (566347.5845991803, 695474.0377399444, 1341872.1819342934, 573686.5474823479),
+     3520507.176830139, 0, 2, 621265.9723817892, 73144.63340990292, 2485063.889527157),
+    (0.5, "1111111111111111111111111111110111110101", 3106329.8619089453,
+     (566347.5845991803, 659023.3217929183, 1312329.1372752602, 566535.674678504),
+     3106329.861908946, 0, 0, 621265.9723817892, 414177.3149211928, 2070886.5746059641),
+    (0.3, "1100110011111111111011111111110110110001", 2277975.23206656,
+     (566347.5845991803, 659023.3217929183, 1050510.1821113788, 0.0),
+     2277975.2320665605, 7, 0, 621265.9723817892, 414177.31492119236, 1242531.9447635785),
+    (0.1, "0100100000101110000001011101010110110001", 1294304.109128727,
+     (566347.5845991803, 659023.3217929183, 66839.05917354568, 0.0),
+     1294304.1091287276, 20, 0, 621265.9723817892, 258860.82182574482, 414177.3149211928),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("pinned", PINNED_DECISIONS, ids=lambda p: f"renewables {p[0]}")
+def test_no_fixed_load_keeps_the_pinned_decisions(
+    implementation: kd.Implementation, pinned: tuple[Any, ...]
+) -> None:
+    share, on, caps, served, supply, shed, started, battery, grid, renewables = pinned
+    params, inputs = kd.random_instance(40, seed=7)
+    total = float(params.rack_p_max_w.sum())
+    inputs = replace(inputs, renewable_available_w=np.full(4, share * total / 4))
+    res = dispatch(params, replace(inputs, fixed_load_w=0.0), implementation=implementation)
+    assert "".join(str(int(x)) for x in res.rack_on) == on
+    assert (res.shed, res.started) == (shed, started)
+    got = (
+        float(res.rack_cap_w.sum()),
+        *res.served_w_by_tier,
+        res.supply_w,
+        float(res.battery_p_w.sum()),
+        float(res.grid_p_w.sum()),
+        float(res.renewable_p_w.sum()),
+    )
+    expected = (caps, *served, supply, battery, grid, renewables)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-6)
+    # And bit for bit what leaving the field out gives.
+    default = dispatch(params, inputs, implementation=implementation)
+    for name in (*ARRAY_FIELDS, "rack_on"):
+        assert getattr(res, name).tobytes() == getattr(default, name).tobytes(), name
+    assert res.supply_w == default.supply_w and res.served_w == default.served_w
+
+
+@pytest.mark.parametrize(
+    ("fixed", "tiers_served"), [(0.02, 4), (0.3, 3), (0.5, 2), (0.7, 1), (0.8, 0)]
+)
+def test_compiled_matches_reference_with_fixed_loads_at_site_scale(
+    fixed: float, tiers_served: int
+) -> None:
+    # The fixed load as a share of the racks' total p_max, against a supply of 0.75 of it:
+    # 0.02 deepens tier 3's shortfall, 0.3 switches tier 3 off and cuts into tier 2, 0.5
+    # into tier 1, 0.7 into tier 0, and 0.8 is not covered at all.
+    params, inputs = kd.random_instance(3000, seed=3)
+    total = float(params.rack_p_max_w.sum())
+    inputs = replace(inputs, fixed_load_w=fixed * total)
+    compiled = dispatch(params, inputs, implementation="compiled")
+    reference = dispatch(params, inputs, implementation="reference")
+    assert_same(compiled, reference, scale_of(params, inputs))
+    check_properties(params, inputs, compiled)
+    served = [bool(x > 0.0) for x in compiled.served_w_by_tier]
+    assert served == [t < tiers_served for t in range(kd.TIERS)]
+    assert (compiled.shed > 0) == (fixed > 0.02)
+    assert (compiled.supply_w < 0.0) == (tiers_served == 0)
+
+
 # ---- validation of the Python face
 
 
@@ -912,6 +1138,16 @@ def test_rejects_wrong_dtype_layout_and_length() -> None:
         replace(params, rack_tier=np.array([0, 1, 2, 1]))
     with pytest.raises(ValueError, match="period_s"):
         replace(params, period_s=0.0)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("value", [-1.0, -1e-300, math.nan, math.inf, -math.inf, "100", None, True])
+def test_rejects_a_fixed_load_that_is_not_a_finite_power(
+    implementation: kd.Implementation, value: object
+) -> None:
+    params, inputs = shortfall_case()
+    with pytest.raises(ValueError, match="fixed_load_w: expected a finite power in W >= 0"):
+        dispatch(params, replace(inputs, fixed_load_w=value), implementation=implementation)
 
 
 def test_explicit_compiled_request_loads_the_extension() -> None:

@@ -40,13 +40,18 @@ def held_states(draw: st.DrawFn) -> tuple[DispatchParams, DispatchInput]:
     for less than rack_min_off_s.
 
     Whether the floors of the racks that are on fit the supply, and whether the supply ends
-    inside tier 0, 1 or 2 (where racks of later tiers go off), is up to the draw.
+    inside tier 0, 1 or 2 (where racks of later tiers go off), is up to the draw. A fixed
+    load, when drawn, comes on top of the renewables' share, or (at times) beyond every
+    source.
     """
     n = draw(st.integers(1, 40))
     m = draw(st.integers(0, 3))
     b = draw(st.integers(0, 2))
     g = draw(st.integers(0, 2))
     period_s = draw(st.sampled_from([0.5, 1.0, 2.0]))
+    fixed_w = draw(
+        st.one_of(st.just(0.0), st.floats(0.0, 300e3), st.just(0.0), st.floats(1e6, 1e7))
+    )
     p_max = draw(st.lists(st.floats(20e3, 150e3), min_size=n, max_size=n))
     p_min = [p * draw(st.sampled_from([0.0, 0.1, 0.3])) for p in p_max]
     ramp = draw(st.lists(st.floats(2e3, 60e3), min_size=n, max_size=n))
@@ -74,7 +79,7 @@ def held_states(draw: st.DrawFn) -> tuple[DispatchParams, DispatchInput]:
         rack_p_min_w=f64(p_min),
         rack_p_max_w=f64(p_max),
         rack_ramp_w_per_s=f64(ramp),
-        renewable_p_max_w=f64([sum(p_max)] * m),
+        renewable_p_max_w=f64([sum(p_max) + min(fixed_w, 300e3)] * m),
         battery_p_max_w=np.ascontiguousarray(bat[:, 0]),
         battery_p_charge_max_w=np.ascontiguousarray(bat[:, 1]),
         battery_capacity_wh=np.ascontiguousarray(bat[:, 2]),
@@ -99,8 +104,10 @@ def held_states(draw: st.DrawFn) -> tuple[DispatchParams, DispatchInput]:
     mask = rack_on != 0
     level = lo[mask].sum() + draw(st.floats(-0.1, 1.2)) * (want - lo)[mask].sum()
     weights = [draw(st.floats(0.1, 1.0)) for _ in range(m)]
+    # The renewables cover a fixed load up to 300 kW on top; a larger one goes uncovered.
+    renewable_w = max(level, 0.0) + min(fixed_w, 300e3)
     inputs = DispatchInput(
-        renewable_available_w=f64([max(level, 0.0) * w / sum(weights) for w in weights]),
+        renewable_available_w=f64([renewable_w * w / sum(weights) for w in weights]),
         battery_soc=f64(draw(st.lists(st.floats(0.0, 1.0), min_size=b, max_size=b))),
         rack_demand_w=demand,
         rack_cap_w=cap,
@@ -109,6 +116,7 @@ def held_states(draw: st.DrawFn) -> tuple[DispatchParams, DispatchInput]:
         rack_off_s=f64(draw(st.lists(st.floats(0.0, 29.9), min_size=n, max_size=n))),
         grid_available_w=None,
         grid_budget_w=draw(st.one_of(st.just(math.nan), st.floats(0.0, 400e3))),
+        fixed_load_w=fixed_w,
     )
     return params, inputs
 
@@ -121,15 +129,26 @@ def test_served_per_tier_equals_the_lexicographic_lp(
     params, inputs = case
     res = dispatch(params, inputs)
     floors = floors_w(params, inputs)
-    if floors > res.supply_w * (1 + 1e-9):
-        # The floors do not fit: the LP on the states given is infeasible and the kernel sheds.
-        assert res.shed > 0
+    # S may be negative (a fixed load beyond every source): compare against its size.
+    level = abs(res.supply_w) + inputs.fixed_load_w
+    event(f"fixed load: {'none' if inputs.fixed_load_w == 0.0 else 'some'}")
+    if floors - res.supply_w > 1e-9 * level:
+        # The floors do not fit: the LP on the states given is infeasible and the kernel
+        # sheds every rack it may (when the fixed load alone is not covered, maybe none).
+        assert res.shed > 0 or floors == 0.0
         # HiGHS accepts violations within its feasibility tolerance (1e-7 of the scale).
-        if floors > res.supply_w * (1 + 1e-6) + 1.0:
+        if floors - res.supply_w > 1e-6 * level + 1.0:
             with pytest.raises(ValueError, match="dispatch LP"):
                 solve_lexicographic(params, inputs)
-        event("floors do not fit")
-    elif floors > res.supply_w * (1 - 1e-9):
+        event("floors do not fit" if res.supply_w >= 0.0 else "fixed load not covered")
+        if res.supply_w < 0.0:
+            # Even with every rack the kernel left on at 0 W, the balance row cannot hold.
+            if -res.supply_w > 1e-6 * level + 1.0:
+                held = replace(inputs, rack_on=res.rack_on)
+                with pytest.raises(ValueError, match="dispatch LP"):
+                    solve_lexicographic(params, held)
+            return
+    elif floors - res.supply_w > -1e-9 * level:
         return  # on the boundary either answer is right to rounding
     assert res.started == 0
     event(f"racks shed: {min(res.shed, 2)}")
@@ -146,7 +165,7 @@ def test_served_per_tier_equals_the_lexicographic_lp(
             inputs.renewable_available_w,
         ]
     ).max()
-    total = max(1.0, float(inputs.rack_demand_w.sum()), float(largest))
+    total = max(1.0, float(inputs.rack_demand_w.sum()), float(largest), inputs.fixed_load_w)
     np.testing.assert_allclose(res.served_w_by_tier, lp, rtol=1e-6, atol=1e-6 * total)
     np.testing.assert_allclose(solve_weighted(params, held), lp, rtol=1e-6, atol=1e-6 * total)
     step = params.rack_ramp_w_per_s * params.period_s
@@ -213,3 +232,14 @@ def test_lp_on_a_hand_case() -> None:
         solve_lexicographic(params, inputs), [40e3, 80e3, 0.0, 0.0], rtol=1e-9
     )
     np.testing.assert_allclose(solve_weighted(params, inputs), [40e3, 80e3, 0.0, 0.0], rtol=1e-9)
+    # A fixed load of 30 kW in the balance row: tier 1 gets 50 kW, as in the kernel.
+    fixed = replace(inputs, fixed_load_w=30e3)
+    for served in (solve_lexicographic(params, fixed), solve_weighted(params, fixed)):
+        np.testing.assert_allclose(served, [40e3, 50e3, 0.0, 0.0], rtol=1e-9)
+    np.testing.assert_allclose(dispatch(params, fixed).served_w_by_tier, [40e3, 50e3, 0, 0])
+    # 130 kW, more than the PV: the balance row cannot hold, whatever the racks do.
+    with pytest.raises(ValueError, match="dispatch LP"):
+        solve_lexicographic(params, replace(inputs, fixed_load_w=130e3))
+    off = np.zeros(3, dtype=np.uint8)
+    with pytest.raises(ValueError, match="dispatch LP"):
+        solve_lexicographic(params, replace(inputs, rack_on=off, fixed_load_w=130e3))

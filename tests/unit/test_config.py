@@ -183,7 +183,9 @@ def test_unknown_key_at_top_level_and_in_a_table(tmp_path: Path) -> None:
     problems = problems_of(write(tmp_path, text))
     assert {p.path for p in problems} == {"colour", "control.periode_s"}
     top = next(p for p in problems if p.path == "colour")
-    assert top.message == "unknown key (allowed: site, control, bus, line, source, rack, device)"
+    assert top.message == (
+        "unknown key (allowed: site, control, bus, line, source, rack, device, daemon)"
+    )
 
 
 def test_python_field_names_are_not_toml_keys(tmp_path: Path) -> None:
@@ -613,3 +615,9 @@ def test_security_keys_belong_to_opcua_only(tmp_path: Path) -> None:
         "device[2].certificate",
         'not used with security = "none"',
     )
+
+
+def test_daemon_table_refuses_bad_values_with_key_paths(tmp_path: Path) -> None:
+    text = BASE + '\n[daemon]\nrecover_s = -1.0\nstatus = "x"\n'
+    problems = problems_of(write(tmp_path, text))
+    assert {p.path for p in problems} == {"daemon.recover_s", "daemon.status"}

@@ -1,0 +1,1 @@
+"""Composition root: config -> transports -> drivers -> cycle -> uplink; signals, sd_notify."""

@@ -1,0 +1,1 @@
+"""The control cycle: snapshot, estimate, dispatch, verify, write, publish; the state machine."""
