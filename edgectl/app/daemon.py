@@ -200,9 +200,11 @@ class Daemon:
         for signum, handler in handlers.items():
             loop.add_signal_handler(signum, handler)
         try:
-            self.io.start()
+            # The API first: an address it cannot listen on stops the start before any
+            # device is touched.
             self.api = StatusApi(self, self.status_listen)
             await self.api.start()
+            self.io.start()
             log.info(
                 "started",
                 site_file=self.site_file,

@@ -85,6 +85,7 @@ def status_document(
         "state": states.state.name,
         "state_reason": states.reason,
         "state_since_s": states.since_s,
+        "state_age_s": now_s - states.since_s,
         "uptime_s": uptime_s,
         "transitions": [t.as_dict() for t in states.history[-20:]],
         "cycle": times.as_dict(record.cycle if record else 0, site.control.period_s),

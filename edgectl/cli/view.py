@@ -269,7 +269,8 @@ def _racks(racks: dict[str, Any]) -> RenderableType:
 
     if len(racks) <= SMALL_SITE_RACKS:
         cells = {tier: [_rack_cell(n, e, unit) for n, e in tiers[tier]] for tier in order}
-        width = max(c.cell_len for row in cells.values() for c in row)
+        # One width for every cell, so that the tiers' columns line up.
+        width = max(c.cell_len for row in cells.values() for c in row) + 1
         grid = Table.grid(padding=(0, 2))
         grid.add_column(no_wrap=True)
         grid.add_column(ratio=1)
@@ -359,7 +360,8 @@ def _decision(doc: dict[str, Any]) -> RenderableType:
             moved.append("started " + ", ".join(started))
         lines.append(moved)
     for reason in _list(decision.get("reasons")):
-        lines.append(Text(f"- {_item(reason)}"))
+        if reason is not None:
+            lines.append(Text(f"- {_item(reason)}"))
     lines += _verify(_dict(decision.get("verify")))
     return Group(*lines)
 
@@ -384,7 +386,8 @@ def _verify(verify: dict[str, Any]) -> list[Text]:
         line.append(f", racks reduced by {_power(reduced)}", style="yellow")
     lines = [line]
     for violation in _list(verify.get("violations")):
-        lines.append(Text(f"! {_item(violation)}", style="red"))
+        if violation is not None:
+            lines.append(Text(f"! {_item(violation)}", style="red"))
     return lines
 
 
