@@ -64,10 +64,19 @@ def _extensions() -> list[Extension]:
 
 setup(
     ext_modules=_extensions(),
-    package_dir={"": ".", "edgectl.firmware_configs": "firmware_configs"},
-    packages=[*find_packages(include=["edgectl", "edgectl.*"]), "edgectl.firmware_configs"],
+    package_dir={
+        "": ".",
+        "edgectl.firmware_configs": "firmware_configs",
+        "edgectl.schemas": "schemas",
+    },
+    packages=[
+        *find_packages(include=["edgectl", "edgectl.*"]),
+        "edgectl.firmware_configs",
+        "edgectl.schemas",
+    ],
     package_data={
         "edgectl.firmware_configs": ["**/*.toml", "*.md"],
         "edgectl.sim": ["sites/*.toml"],  # the demo site and its scripted day
+        "edgectl.schemas": ["*.json"],
     },
 )

@@ -47,6 +47,9 @@ HEALTHY_STATES = frozenset({"NORMAL", "DEGRADED"})
 _SOCKET_MODE = 0o660
 _LAST = re.compile(r"[0-9]{1,9}")
 _ROUTES = "/v1/status, /v1/cycles, /v1/health"
+_UPLINK_ROUTES = "/v1/availability, /v1/leases, /v1/openapi.json, /metrics"
+_SERVED = web.AppKey("served", str)
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusProvider(Protocol):
@@ -59,6 +62,25 @@ class StatusProvider(Protocol):
         """The flight recorder document: every recorded cycle, or the `last` ones."""
 
 
+class UplinkProvider(Protocol):
+    """The scheduler's side of the API: availability, leases, metrics, the OpenAPI document."""
+
+    def availability(self) -> dict[str, Any]:
+        """GET /v1/availability: the latest availability report."""
+
+    def leases_document(self) -> dict[str, Any]:
+        """GET /v1/leases: the leases in force."""
+
+    def request_lease(self, body: object) -> tuple[int, dict[str, Any]]:
+        """POST /v1/leases: the HTTP status and the answer (granted or refused, with why)."""
+
+    def exposition(self) -> bytes:
+        """GET /metrics: the Prometheus text format."""
+
+    def openapi(self) -> dict[str, Any]:
+        """GET /v1/openapi.json."""
+
+
 class StatusApi:
     """The status API of one daemon, at `listen` ("HOST:PORT" on loopback or "unix:/path").
 
@@ -66,8 +88,11 @@ class StatusApi:
     its documents need no locking, and must be cheap to build.
     """
 
-    def __init__(self, provider: StatusProvider, listen: str) -> None:
+    def __init__(
+        self, provider: StatusProvider, listen: str, *, uplink: UplinkProvider | None = None
+    ) -> None:
         self.provider = provider
+        self.uplink = uplink
         self.listen = listen
         self._runner: web.AppRunner | None = None
         self._bound: tuple[str, int] | str | None = None
@@ -136,7 +161,41 @@ class StatusApi:
         app.router.add_get("/v1/status", self._get_status)
         app.router.add_get("/v1/cycles", self._get_cycles)
         app.router.add_get("/v1/health", self._get_health)
+        app[_SERVED] = _ROUTES
+        if self.uplink is not None:
+            app[_SERVED] = f"{_ROUTES}, {_UPLINK_ROUTES}"
+            uplink = self.uplink
+
+            async def availability(_: web.Request) -> web.Response:
+                return _json(uplink.availability())
+
+            async def leases(_: web.Request) -> web.Response:
+                return _json(uplink.leases_document())
+
+            async def openapi(_: web.Request) -> web.Response:
+                return _json(uplink.openapi())
+
+            app.router.add_get("/v1/availability", availability)
+            app.router.add_get("/v1/leases", leases)
+            app.router.add_post("/v1/leases", self._post_lease)
+            app.router.add_get("/v1/openapi.json", openapi)
+            app.router.add_get("/metrics", self._get_metrics)
         return app
+
+    async def _post_lease(self, request: web.Request) -> web.Response:
+        assert self.uplink is not None
+        try:
+            body = json.loads(await request.text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise web.HTTPBadRequest(text=f"body: not JSON: {exc}") from None
+        status, answer = self.uplink.request_lease(body)
+        return _json(answer, status=status)
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        assert self.uplink is not None
+        return web.Response(
+            body=self.uplink.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
 
     async def _get_status(self, request: web.Request) -> web.Response:
         return _json(self.provider.status())
@@ -320,7 +379,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 def _default(exc: web.HTTPException, request: web.Request) -> str:
     if exc.status == 404:
-        return f"no such resource: {request.path} (the API serves {_ROUTES})"
+        served = request.app.get(_SERVED, _ROUTES)
+        return f"no such resource: {request.path} (the API serves {served})"
     if exc.status == 405:
-        return f"method {request.method} not allowed on {request.path} (GET only)"
+        allowed = "GET or POST" if request.path == "/v1/leases" else "GET only"
+        return f"method {request.method} not allowed on {request.path} ({allowed})"
     return f"{exc.status} {exc.reason}"

@@ -36,6 +36,7 @@ from edgectl.app.persist import SAVE_EVERY_S, StateStore
 from edgectl.app.pollers import Poller
 from edgectl.app.sdnotify import Notifier
 from edgectl.app.status import CycleTimes, recorder_document, status_document
+from edgectl.app.uplink import Upstream
 from edgectl.app.writers import Writers
 from edgectl.config.load import load_site
 from edgectl.config.site import Site
@@ -125,6 +126,15 @@ class Daemon:
         self.previous_run = ""
         accounts = self._load_accounts()
         self.io = _Io(self.site, site_file, self.clock)
+        self.upstream = Upstream(
+            self.site,
+            site_file,
+            state_dir,
+            self.clock,
+            accounts=accounts,
+            pollers=self.io.pollers,
+            writers=self.io.writers.by_device,
+        )
         self.controller = self._controller(self.site, self.io, accounts)
         self.api: StatusApi | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +155,7 @@ class Daemon:
             publish=self._published,
             watchdog=self._kick,
             accounts=accounts,
+            leases=self.upstream.floors,
         )
 
     def _snapshot_of(self, site: Site, io: _Io) -> Callable[[float], Snapshot]:
@@ -157,7 +168,7 @@ class Daemon:
     # The status API's provider.
     def status(self) -> dict[str, Any]:
         now = self.clock.monotonic()
-        return status_document(
+        doc = status_document(
             self.site,
             self.records[-1] if self.records else None,
             states=self.controller.states,
@@ -171,6 +182,8 @@ class Daemon:
             uptime_s=now - self._started_s,
             now_s=now,
         )
+        doc["uplink"] = self.upstream.delivery()
+        return doc
 
     def cycles(self, last: int | None = None) -> dict[str, Any]:
         records = list(self.records)
@@ -202,9 +215,10 @@ class Daemon:
         try:
             # The API first: an address it cannot listen on stops the start before any
             # device is touched.
-            self.api = StatusApi(self, self.status_listen)
+            self.api = StatusApi(self, self.status_listen, uplink=self.upstream)
             await self.api.start()
             self.io.start()
+            await self.upstream.start()
             log.info(
                 "started",
                 site_file=self.site_file,
@@ -256,6 +270,10 @@ class Daemon:
     def _published(self, record: CycleRecord) -> None:
         self.records.append(record)
         self.times.add(record.compute_s)
+        try:
+            self.upstream.on_cycle(record)
+        except Exception:  # reports and the ledger must never take the control loop down
+            log.exception("upstream publishing failed")
         if record.transition is not None:
             t = record.transition
             log.warning(
@@ -350,6 +368,10 @@ class Daemon:
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.upstream.stop(), 2.0)
+        with contextlib.suppress(Exception):
+            self.upstream.close()
         await self.io.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.io.close(), 1.0)

@@ -33,6 +33,7 @@ COMMANDS = {
     "dump-cycles": "dump_cycles",
     "run": "run",
     "demo": "demo",
+    "audit": "audit",
 }
 
 

@@ -101,7 +101,7 @@ def demo_site_text(site_file: Path, speed: float) -> tuple[str, float]:
     # staleness is judged over six periods, and devices fall back after ten, not 60 s.
     stale, timeout = 6.0 * period, max(60.0, 10.0 * period)
     text += (
-        f'\n[daemon]\nstatus_listen = "127.0.0.1:0"\nstartup_s = 30.0\n'
+        f'\n[daemon]\nstatus_listen = "127.0.0.1:0"\nstartup_s = {20.0 * period:.1f}\n'
         f"stale_s = {stale:.1f}\nrevert_s = {timeout:.1f}\n"
     )
     return text, timeout

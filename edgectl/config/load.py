@@ -35,6 +35,7 @@ from edgectl.config.site import (
     Site,
     SiteInfo,
     Source,
+    Uplink,
 )
 from edgectl.errors import InputError, Problem
 
@@ -52,6 +53,7 @@ _TABLE_MODELS: dict[str, type[BaseModel]] = {
     "site": SiteInfo,
     "control": Control,
     "daemon": Daemon,
+    "uplink": Uplink,
 }
 SOURCE_KINDS = ("pv", "wind", "bess", "grid")  # summary order: renewables, storage, grid
 _TIERS = (0, 1, 2, 3)

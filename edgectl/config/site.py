@@ -73,8 +73,42 @@ class Daemon(_Strict):
     startup_s: float = Field(default=10.0, ge=0, le=600)
     # Written with every setpoint as the device's fallback timer (SunSpec *_RvrtTms).
     revert_s: float = Field(default=60.0, ge=1, le=3600)
-    # The flight recorder keeps this many cycles (snapshot and decision) in memory.
-    recorder_cycles: int = Field(default=300, ge=1, le=100_000)
+    # The flight recorder keeps this many cycles (snapshot and decision) in memory: two
+    # minutes at 1 Hz, a few tens of MB on a site of a thousand racks.
+    recorder_cycles: int = Field(default=120, ge=1, le=100_000)
+
+
+class Uplink(_Strict):
+    """Where availability reports and audit records go, and where leases come from."""
+
+    report_period_s: float = Field(default=5.0, ge=0.5, le=3600)
+    # The scheduler's endpoint: reports and audit records are POSTed here (https, or http
+    # on loopback only), with the bearer token read from token_file, TLS checked against
+    # ca_file when given. Paths are relative to the site file.
+    scheduler_url: str | None = Field(default=None, min_length=1)
+    token_file: str | None = Field(default=None, min_length=1)
+    ca_file: str | None = Field(default=None, min_length=1)
+    # The fleet broker: reports retained on <topic_prefix>/availability, leases asked on
+    # <topic_prefix>/leases/request.
+    mqtt_host: str | None = Field(default=None, min_length=1)
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_topic_prefix: str = Field(default="edgectl", min_length=1)
+    mqtt_username: str | None = Field(default=None, min_length=1)
+    mqtt_password_file: str | None = Field(default=None, min_length=1)
+    mqtt_ca_file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Uplink:
+        problems = []
+        if self.scheduler_url is None and (self.token_file or self.ca_file):
+            problems.append("scheduler_url: required when token_file or ca_file is given")
+        if self.mqtt_host is None and (
+            self.mqtt_username or self.mqtt_password_file or self.mqtt_ca_file
+        ):
+            problems.append("mqtt_host: required when other mqtt_ keys are given")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Bus(_Strict):
@@ -231,6 +265,7 @@ class Site(_Strict):
     racks: list[Rack] = Field(alias="rack", default_factory=list)
     devices: list[Device] = Field(alias="device", default_factory=list)
     daemon: Daemon = Field(default_factory=Daemon)
+    uplink: Uplink = Field(default_factory=Uplink)
 
     def bus_v_nominal_v(self, bus: Bus) -> float:
         return bus.v_nominal_v if bus.v_nominal_v is not None else self.site.v_nominal_v

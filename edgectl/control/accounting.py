@@ -18,9 +18,10 @@ tightens the budget until the window is back above the minimum.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 SLACK_SPREAD_S = 3600.0
 BUCKET_S = 60
@@ -118,23 +119,30 @@ class Accounts:
         if isinstance(energy, Mapping):
             for kind in KINDS:
                 value = energy.get(kind)
-                if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+                if _energy(value):
                     accounts.energy_wh[kind] = float(value)
         racks = data.get("rack_wh")
         if isinstance(racks, Mapping):
-            accounts.rack_wh = {
-                str(k): float(v)
-                for k, v in racks.items()
-                if isinstance(v, int | float) and math.isfinite(v) and v >= 0
-            }
+            accounts.rack_wh = {str(k): float(v) for k, v in racks.items() if _energy(v)}
         buckets = data.get("buckets")
         if isinstance(buckets, Mapping):
             for k, v in buckets.items():
                 if (
                     isinstance(v, list)
                     and len(v) == 2
-                    and all(isinstance(x, int | float) and math.isfinite(x) for x in v)
-                    and str(k).lstrip("-").isdigit()
+                    and all(_energy(x) for x in v)
+                    and isinstance(k, str)
+                    and re.fullmatch(r"-?[0-9]{1,15}", k)
                 ):
                     accounts.buckets[int(k)] = [float(v[0]), float(v[1])]
         return accounts
+
+
+def _energy(value: object) -> TypeGuard[int | float]:
+    """A persisted energy: a finite number >= 0 (not a boolean)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,8 +120,11 @@ class Controller:
         publish: Callable[[CycleRecord], None],
         watchdog: Callable[[CycleRecord], None],
         accounts: Accounts | None = None,
+        leases: Callable[[float], Mapping[str, float]] | None = None,
     ) -> None:
         self.site = site
+        # Leased power per rack id, from the scheduler's leases in force at a time.
+        self._leases = leases
         self.base_params = params_from_site(site)
         self.verifier = Verifier(site)
         self.memory = Memory()
@@ -244,6 +247,16 @@ class Controller:
                 self.site.control.green_window_s,
                 self.site.control.green_share_min,
                 est.green_available_w,
+            )
+        floors = self._leases(now_s) if self._leases is not None else {}
+        if floors and self.state not in (State.SAFE, State.STOPPING):
+            # A lease is served as the rack's floor: before any unleased demand of its tier.
+            leased = np.array([floors.get(r.id, 0.0) for r in self.site.racks])
+            params = dataclasses.replace(
+                params,
+                rack_p_min_w=np.minimum(
+                    np.maximum(params.rack_p_min_w, leased), params.rack_p_max_w
+                ),
             )
         demand = np.minimum(est.rack_demand_w, self._net_limits())
         inputs = DispatchInput(
@@ -375,7 +388,7 @@ class Controller:
         for i, rack in enumerate(self.site.racks):
             mem = self.memory.racks.get(rack.id)
             if mem is not None and mem.draws and est.rack_controllable[i]:
-                draw += sum(p for _, p in mem.draws) / len(mem.draws)
+                draw += sum(mem.draws) / len(mem.draws)
             else:
                 draw += float(est.rack_draw_w[i])
         charge = charge_limits_w(self.base_params, est.battery_soc, est.battery_p_charge_max_w)

@@ -27,6 +27,7 @@ SOC), and only `remember` changes it, after a cycle's decision.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,7 +79,10 @@ class RackMemory:
     off_since_s: float | None = None  # None: off since before the daemon knew
     ceiling_w: float = math.inf  # what the rack may still draw while its BMC follows
     net_limit_w: float = math.inf  # the cap the power flow last cut it to, recovering
-    draws: deque[tuple[float, float]] = field(default_factory=deque)  # (t_s, p_w)
+    # The draws over the demand window: their times and values apart, so that the peak
+    # and the mean are C-speed max() and sum() over plain floats.
+    draw_t_s: deque[float] = field(default_factory=deque)
+    draws: deque[float] = field(default_factory=deque)  # p_w
     over_cycles: int = 0  # consecutive cycles above the ceiling
     noncompliant_since_s: float | None = None
     complied_since_s: float | None = None
@@ -143,6 +147,12 @@ class Estimate:
         return float(self.rack_fixed_w.sum())
 
 
+@functools.lru_cache(maxsize=65_536)
+def _note(element: str, reason: str) -> Problem:
+    """A permanent fact, made once: every cycle (and its record) shares the one object."""
+    return Problem(element, reason)
+
+
 def default_stale_s(site: Site) -> float:
     if site.daemon.stale_s is not None:
         return site.daemon.stale_s
@@ -166,7 +176,7 @@ def estimate(
     for k, src in enumerate(renewables):
         view = snap.sources[src.id]
         if src.device is None:
-            notes.append(Problem(src.id, f"{NO_DEVICE}: counts as producing nothing"))
+            notes.append(_note(src.id, f"{NO_DEVICE}: counts as producing nothing"))
             continue
         instrumented_rating += src.p_max_w
         p = _usable(view.p_w, now, stale_s)
@@ -244,7 +254,7 @@ def estimate(
         rview = snap.racks[rack.id]
         if rack.device is None:
             fixed[i] = draw_now[i] = rack.p_max_w
-            notes.append(Problem(rack.id, f"{NO_DEVICE}: counts as drawing p_max_w"))
+            notes.append(_note(rack.id, f"{NO_DEVICE}: counts as drawing p_max_w"))
             continue
         rmem = memory.racks.get(rack.id)
         limit = _usable(rview.limit_w, now, stale_s)
@@ -268,8 +278,10 @@ def estimate(
             )
             continue
         draw_now[i] = p
-        rmem.draws.append((now, p))
-        while rmem.draws and rmem.draws[0][0] < now - DEMAND_WINDOW_S:
+        rmem.draw_t_s.append(now)
+        rmem.draws.append(p)
+        while rmem.draw_t_s[0] < now - DEMAND_WINDOW_S:
+            rmem.draw_t_s.popleft()
             rmem.draws.popleft()
         # One period of lag allowed: a cap lands a cycle after it is decided.
         lag_w = rack.ramp_w_per_s * site.control.period_s
@@ -283,7 +295,7 @@ def estimate(
                 )
             )
             continue
-        peak = max(d for _, d in rmem.draws)
+        peak = max(rmem.draws)
         want = rack.p_max_w if peak >= HELD_SHARE * rmem.ceiling_w else peak * DEMAND_MARGIN
         demand[i] = min(want, rack.p_max_w)
         controllable[i] = True

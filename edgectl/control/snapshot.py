@@ -79,6 +79,43 @@ def _stale_if_silent(reading: Reading, health: DeviceHealth) -> Reading:
     return Reading.invalid(f"{STALE}: {health.error}", reading.unit, reading.t_s, reading.value)
 
 
+@dataclass(frozen=True, slots=True)
+class _Roles:
+    """Which capabilities a driver class has; isinstance on a Protocol is slow, so once."""
+
+    meter: bool
+    source: bool
+    curtailable: bool
+    battery: bool
+    rack: bool
+
+
+_ROLES: dict[type, _Roles] = {}
+
+
+def _roles(driver: object) -> _Roles:
+    kind = type(driver)
+    found = _ROLES.get(kind)
+    if found is None:
+        found = _Roles(
+            meter=isinstance(driver, Meter),
+            source=isinstance(driver, PowerSource),
+            curtailable=isinstance(driver, Curtailable),
+            battery=isinstance(driver, Battery),
+            rack=isinstance(driver, Rack),
+        )
+        _ROLES[kind] = found
+    return found
+
+
+_UNINSTRUMENTED: dict[str, RackView] = {}
+
+
+def _uninstrumented(rack_id: str) -> RackView:
+    missing = Reading.invalid(NO_DEVICE, "W", 0.0)
+    return RackView(id=rack_id, device=None, health=DeviceHealth(), p_w=missing, limit_w=missing)
+
+
 def take_snapshot(
     site: Site,
     drivers: Mapping[str, RoleDriver],
@@ -94,14 +131,15 @@ def take_snapshot(
         nothing = _missing(NO_DEVICE if driver is None else "not in the device map", "W", now_s)
         p_w = available = limit = soc = v_v = nothing
         if driver is not None:
-            if isinstance(driver, Meter):
-                p_w = driver.p_w()
-            if isinstance(driver, PowerSource):
-                available = driver.available_w()
-            if isinstance(driver, Curtailable):
-                limit = driver.limit_w()
-            if isinstance(driver, Battery):
-                soc = driver.soc()
+            roles = _roles(driver)
+            if roles.meter:
+                p_w = driver.p_w()  # type: ignore[attr-defined]
+            if roles.source:
+                available = driver.available_w()  # type: ignore[attr-defined]
+            if roles.curtailable:
+                limit = driver.limit_w()  # type: ignore[attr-defined]
+            if roles.battery:
+                soc = driver.soc()  # type: ignore[attr-defined]
             if driver.has("v_v"):
                 v_v = driver.reading("v_v")
         sources[src.id] = SourceView(
@@ -117,10 +155,14 @@ def take_snapshot(
         )
     racks: dict[str, RackView] = {}
     for rack in site.racks:
+        if rack.device is None:
+            # Nothing about it changes from cycle to cycle: one view for them all.
+            racks[rack.id] = _UNINSTRUMENTED.setdefault(rack.id, _uninstrumented(rack.id))
+            continue
         driver = drivers.get(rack.device) if rack.device else None
         h = health.get(rack.device, DeviceHealth()) if rack.device else DeviceHealth()
-        if isinstance(driver, Rack):
-            p_w, limit = driver.p_w(), driver.limit_w()
+        if driver is not None and _roles(driver).rack:
+            p_w, limit = driver.p_w(), driver.limit_w()  # type: ignore[attr-defined]
         else:
             p_w = limit = _missing(NO_DEVICE, "W", now_s)
         racks[rack.id] = RackView(

@@ -245,17 +245,19 @@ class Verifier:
             # Per watt less at rack j: the voltage rises (or the current falls) by this much.
             effect = x[self._rack_bus] / v_rack
             remaining = amount * MARGIN
+            # What is left below this is round-off of the takes, not a need to go on.
+            done = 1e-9 * remaining
             for tier in (3, 2, 1, 0):
-                if remaining <= 0:
+                if remaining <= done:
                     break
                 idx = np.flatnonzero((self._rack_tier == tier) & (room - cut > 0) & (effect > 0))
                 for i in idx[np.argsort(-effect[idx], kind="stable")]:
                     take = min(float(room[i] - cut[i]), remaining / float(effect[i]))
                     cut[i] += take
                     remaining -= take * float(effect[i])
-                    if remaining <= 0:
+                    if remaining <= done:
                         break
-                if remaining <= 0:
+                if remaining <= done:
                     break
                 tier_racks = (self._rack_tier == tier) & (effect > 0) & (park_room > cut)
                 idx = np.flatnonzero(tier_racks)
@@ -263,7 +265,7 @@ class Verifier:
                 for i in idx[np.argsort(-freed, kind="stable")]:
                     remaining -= float(park_room[i] - cut[i]) * float(effect[i])
                     cut[i] = park_room[i]
-                    if remaining <= 0:
+                    if remaining <= done:
                         break
         return cut
 

@@ -3,7 +3,8 @@
 `report` is what `edgectl dispatch --json` prints and what the daemon's flight recorder keeps
 for every cycle, so that a replay compares like with like. A cycle the daemon ran with
 changed constants (a battery lost: its limits 0; SAFE: the ride-through as its discharge
-limit) records them under "params"; `with_overrides` applies them for the replay.
+limit; a lease: the leased rack's floor) records them under "params"; `with_overrides`
+applies them for the replay.
 """
 
 from __future__ import annotations
@@ -66,14 +67,23 @@ def report(
 
 def overrides(params: DispatchParams, base: DispatchParams) -> dict[str, Any] | None:
     """The constants in which `params` differs from `base`, as a record's "params"."""
-    changed = params.ride_through_s != base.ride_through_s or any(
-        not np.array_equal(getattr(params, name), getattr(base, name)) for name in OVERRIDE_ARRAYS
+    floors = np.flatnonzero(params.rack_p_min_w != base.rack_p_min_w)
+    changed = (
+        params.ride_through_s != base.ride_through_s
+        or floors.size > 0
+        or any(
+            not np.array_equal(getattr(params, name), getattr(base, name))
+            for name in OVERRIDE_ARRAYS
+        )
     )
     if not changed:
         return None
     out: dict[str, Any] = {"ride_through_s": params.ride_through_s}
     for name in OVERRIDE_ARRAYS:
         out[name] = dict(zip(params.battery_ids, map(float, getattr(params, name)), strict=True))
+    if floors.size:
+        # Leased racks only: a lease raises the rack's floor for the cycle.
+        out["rack_p_min_w"] = {params.rack_ids[i]: float(params.rack_p_min_w[i]) for i in floors}
     return out
 
 
@@ -102,8 +112,18 @@ def with_overrides(params: DispatchParams, data: object, file: str, path: str) -
                 problems.append(Problem(file, f"{where}.{bad[0]}", "expected a power in W >= 0"))
                 continue
             changes[key] = np.array([float(value[b]) for b in params.battery_ids])
+        elif key == "rack_p_min_w":
+            if not isinstance(value, Mapping) or not all(
+                k in params.rack_index and _power(v) for k, v in value.items()
+            ):
+                problems.append(Problem(file, where, "expected rack ids and powers in W >= 0"))
+                continue
+            floors = params.rack_p_min_w.copy()
+            for rid, w in value.items():
+                floors[params.rack_index[rid]] = float(w)
+            changes[key] = floors
         else:
-            allowed = ", ".join(("ride_through_s", *OVERRIDE_ARRAYS))
+            allowed = ", ".join(("ride_through_s", *OVERRIDE_ARRAYS, "rack_p_min_w"))
             problems.append(Problem(file, where, f"unknown key; expected one of: {allowed}"))
     if problems:
         raise InputError(problems)

@@ -410,6 +410,10 @@ class RackParams:
         )
 
 
+# Relative ripple of a rack's draw held by its power cap.
+CAP_RIPPLE = 0.005
+
+
 class RackLoad:
     """A GPU rack running a training job under a power cap."""
 
@@ -438,4 +442,9 @@ class RackLoad:
         self.computing = cycle < p.duty
         demand = p.compute_w if self.computing else p.comm_w
         demand *= 1.0 + p.noise * self._rng.uniform(-1.0, 1.0)
-        return min(self.cap_w, max(p.idle_w, demand))
+        draw = max(p.idle_w, demand)
+        if draw >= self.cap_w:
+            # Held by its cap, the rack's capping loop regulates just below it with a ripple,
+            # as a real one does: a reading pinned at the cap would look like a frozen sensor.
+            return self.cap_w * (1.0 - CAP_RIPPLE * self._rng.random())
+        return draw

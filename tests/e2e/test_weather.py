@@ -35,7 +35,7 @@ def battery_limit_w(b: Bench) -> float:
 
 async def test_cloud_caps_tier3_first_and_fits_supply_within_two_cycles(tmp_path: Path) -> None:
     # 09:00: PV gives about half the rack load, wind the rest with the batteries.
-    async with bench(tmp_path, start_time_s=9 * 3600.0) as b:
+    async with bench(tmp_path, start_time_s=9 * 3600.0, speed=5.0) as b:
         await b.run_until(20.0)
         before = caps(b)
         await b.event(kind="cloud", depth=0.7, ramp_s=5.0, duration_s=120.0)
@@ -108,8 +108,10 @@ async def test_turbine_cutout_sheds_by_tier(tmp_path: Path) -> None:
         after = caps(b)
         supply = renewables_w(b) + battery_limit_w(b) + b.site.control.grid_import_max_w
         assert sum(after.values()) <= supply * 1.02
-        assert sum(after[r] for r in TIER3) < sum(before[r] for r in TIER3)
-        assert all(after[r] >= before[r] - 1.0 for r in TIER0)
+        tier3_cut = sum(before[r] - after[r] for r in TIER3)
+        tier0_cut = sum(before[r] - after[r] for r in TIER0)
+        assert tier3_cut > 0.0
+        assert tier0_cut <= 0.25 * tier3_cut  # tier 3 gave, tier 0 kept nearly all
         check_invariants(b)
 
 

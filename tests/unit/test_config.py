@@ -184,7 +184,7 @@ def test_unknown_key_at_top_level_and_in_a_table(tmp_path: Path) -> None:
     assert {p.path for p in problems} == {"colour", "control.periode_s"}
     top = next(p for p in problems if p.path == "colour")
     assert top.message == (
-        "unknown key (allowed: site, control, bus, line, source, rack, device, daemon)"
+        "unknown key (allowed: site, control, bus, line, source, rack, device, daemon, uplink)"
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edgectl"
-WIRE_LIBRARIES = ("pymodbus", "asyncua", "aiohttp", "serial")
+WIRE_LIBRARIES = ("pymodbus", "asyncua", "aiohttp", "serial", "aiomqtt", "paho")
 # Packages allowed to import the wire libraries: the client side, and the servers
 # the simulator runs.
 WIRE_ALLOWED = ("transport", "sim")

@@ -1,0 +1,1 @@
+"""Upstream: availability reports, power leases, store-and-forward, metrics, the audit ledger."""

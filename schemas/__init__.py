@@ -1,0 +1,1 @@
+"""JSON Schemas of what edgectl sends upstream and accepts (docs/scheduler.md)."""
