@@ -19,6 +19,7 @@ from edgectl.app.pollers import Poller
 from edgectl.app.writers import DeviceWriter
 from edgectl.config.site import RENEWABLE_KINDS, Site
 from edgectl.control.cycle import BatterySetpoint, CycleRecord
+from edgectl.control.estimate import default_stale_s
 from edgectl.control.states import StateMachine
 from edgectl.devicemaps.readings import Reading
 from edgectl.kernels.dispatch import DispatchParams
@@ -141,7 +142,7 @@ def status_document(
         entry: dict[str, Any] = {
             "kind": src.kind,
             "device": src.device,
-            "valid": reading.usable(record.t_s, _stale(site)),
+            "valid": reading.usable(record.t_s, default_stale_s(site)),
             "reason": reading.reason,
             "age_s": record.t_s - reading.t_s if reading.valid else None,
             "p_w": _value(view.p_w),
@@ -168,7 +169,7 @@ def status_document(
         doc["racks"][rack.id] = {
             "tier": rack.tier,
             "device": rack.device,
-            "valid": rview.p_w.usable(record.t_s, _stale(site)),
+            "valid": rview.p_w.usable(record.t_s, default_stale_s(site)),
             "reason": rview.p_w.reason,
             "age_s": record.t_s - rview.p_w.t_s if rview.p_w.valid else None,
             "p_w": _value(rview.p_w),
@@ -194,12 +195,6 @@ def status_document(
         "compute_ms": record.compute_s * 1e3,
     }
     return doc
-
-
-def _stale(site: Site) -> float:
-    from edgectl.control.estimate import default_stale_s
-
-    return default_stale_s(site)
 
 
 def snapshot_json(record: CycleRecord) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from edgectl.config.site import RENEWABLE_KINDS, Site
 from edgectl.control.accounting import Accounts
 from edgectl.control.cycle import CycleRecord
 from edgectl.control.states import State
+from edgectl.devicemaps.readings import Reading
 from edgectl.transport.mqtt import MqttLink
 from edgectl.transport.uplink_http import HttpSink
 from edgectl.uplink.availability import (
@@ -49,7 +50,7 @@ from edgectl.uplink.forecast import Forecaster
 from edgectl.uplink.leases import LeaseBook
 from edgectl.uplink.ledger import Ledger
 from edgectl.uplink.metrics import DeviceCounts, Metrics
-from edgectl.uplink.outbox import Entry, Outbox
+from edgectl.uplink.outbox import Outbox
 
 log = structlog.get_logger("edgectl.uplink")
 
@@ -192,12 +193,12 @@ class Upstream:
         curtailed = 0.0
         renewables = [s for s in self.site.sources if s.kind in RENEWABLE_KINDS]
         for i, src in enumerate(renewables):
-            p = _value(snap.sources[src.id].p_w, record.t_s)
+            p = _value(snap.sources[src.id].p_w)
             by_kind[src.kind] += p or 0.0
             if est.renewable_held[i] and p is not None:
                 curtailed += max(0.0, float(est.renewable_available_w[i]) - p)
         for src in self.site.sources_of("bess"):
-            p = _value(snap.sources[src.id].p_w, record.t_s)
+            p = _value(snap.sources[src.id].p_w)
             if p is not None:
                 battery[src.id] = p
         racks = {r.id: float(est.rack_draw_w[i]) for i, r in enumerate(self.site.racks)}
@@ -216,7 +217,8 @@ class Upstream:
     # The API's uplink provider.
     def availability(self) -> dict[str, Any]:
         if self.report is None:
-            return {"error": None, "state": "STARTING", "report": None}
+            # Before the first report (STARTING): the state, and nothing to plan with.
+            return {"state": State.STARTING.name, "available_w": 0.0, "forecast": []}
         return self.report
 
     def leases_document(self) -> dict[str, Any]:
@@ -277,7 +279,7 @@ class Upstream:
         return out
 
 
-def _value(reading: Any, now_s: float) -> float | None:
+def _value(reading: Reading) -> float | None:
     v = reading.value
     if not reading.valid or isinstance(v, bool) or not isinstance(v, int | float):
         return None
@@ -288,5 +290,3 @@ def _log_failure(task: Any) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("lease answer not published", error=str(task.exception()))
 
-
-__all__ = ["Entry", "Upstream"]

@@ -178,7 +178,7 @@ class Controller:
         params, inputs, budget = self.dispatch_inputs(est, now_s, wall_s)
         result = dispatch(params, inputs)
         batteries = self.batteries(est, result)
-        verification = self.verify(est, params, inputs, result, batteries)
+        verification = self.verify(est, inputs, result, batteries)
         caps, on, setpoints = self.setpoints(est, result, verification, batteries)
         compute_s = time.perf_counter() - t0
         if setpoints is not None:
@@ -302,7 +302,6 @@ class Controller:
     def verify(
         self,
         est: Estimate,
-        params: DispatchParams,
         inputs: DispatchInput,
         result: DispatchResult,
         batteries: dict[str, BatterySetpoint],
