@@ -248,5 +248,6 @@ async def test_no_watchdog_once_a_cycle_hangs(
         daemon_loop = daemon.loop
         assert daemon_loop is not None
         daemon_loop.call_soon_threadsafe(daemon.request_stop, "test over")
-        await loop.run_in_executor(None, thread.join, 10.0)
+        # Stop time is the SIGTERM test's business; here only that it does stop.
+        await loop.run_in_executor(None, thread.join, 30.0)
         assert not thread.is_alive()
