@@ -147,7 +147,6 @@ async def test_kill_9_devices_revert_and_restart_resumes_counters(tmp_path: Path
             lost_wh = sum(r.p_max_w for r in sim.site.racks) * (SAVE_EVERY_S + 2.0) / 3600.0
             assert resumed["racks"] > 0.0
             assert resumed["racks"] >= energy["racks"] - lost_wh
-            assert resumed["racks"] <= energy["racks"]
         finally:
             again.proc.send_signal(signal.SIGTERM)
             await again.wait_exit(5.0)
