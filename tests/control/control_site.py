@@ -203,12 +203,10 @@ def snapshot(
     racks: Mapping[str, Reading | float | None] | None = None,
     limits: Mapping[str, Reading | float | None] | None = None,
 ) -> Snapshot:
-    """A healthy site at t_s, with the given readings replacing the defaults.
-
-    Defaults: pv-1 and pv-2 produce and could produce 300 kW, wind-1 150 kW, each battery
-    is at soc 0.6 idle and measures its bus at 800 V, each instrumented rack draws 50 kW
-    under a 120 kW cap.
-    """
+    """A healthy site at t_s, the given readings replacing the defaults below."""
+    # Defaults: pv-1 and pv-2 produce and could produce 300 kW, wind-1 150 kW, each battery
+    # is at soc 0.6, idle, and measures its bus at 800 V, each instrumented rack draws
+    # 50 kW under a 120 kW cap.
     defaults: dict[str, dict[str, Reading | float]] = {
         "pv-1": {"p_w": 300_000.0, "available_w": 300_000.0, "limit_w": 400_000.0},
         "pv-2": {"p_w": 300_000.0, "available_w": 300_000.0, "limit_w": 400_000.0},

@@ -1,5 +1,4 @@
-"""Green-power accounting: energy by kind and rack, the rolling window, the grid budget, and
-the persisted form."""
+"""Green-power accounting: energy by kind and rack, window, grid budget, persisted form."""
 
 from __future__ import annotations
 

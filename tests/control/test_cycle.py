@@ -34,8 +34,9 @@ INSTRUMENTED = ("r1", "r2", "r3")
 
 
 class FakePlant:
-    """A fake of the site behind the snapshot source: racks draw what their jobs want up to
-    the cap last written to them; every other reading is what the test sets."""
+    """A fake of the site behind the snapshot source; readings are what the test sets."""
+
+    # Racks draw what their jobs want, up to the cap last written to them.
 
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -158,9 +159,7 @@ def test_caps_move_at_most_one_ramp_step_per_cycle_for_racks_that_stay_on() -> N
                 moved.append(step)
     # The table did make the caps move, up and down, at the full step.
     assert max(moved) == pytest.approx(STEP_W)
-    ups = [
-        float(b.caps_w[0] - a.caps_w[0]) for a, b in itertools.pairwise(records)
-    ]
+    ups = [float(b.caps_w[0] - a.caps_w[0]) for a, b in itertools.pairwise(records)]
     assert max(ups) == pytest.approx(STEP_W) and min(ups) == pytest.approx(-STEP_W)
 
 
@@ -238,21 +237,29 @@ def test_a_battery_at_its_reserve_is_held_ramping_down_and_released_above_it() -
     assert site.sources_of("bess")[0].id == "bess-1"
 
 
+def sustainable_w(soc: float, since_s: float) -> float:
+    """One battery's power for ride_through_s, since_s after its charge soc was read."""
+    # Discharging at full power since it was read, as the controller assumes.
+    soc_now = soc - 500_000.0 * since_s / 3600.0 / 2e6
+    return max(0.0, min(500_000.0, (soc_now - 0.1) * 2e6 * 3600.0 / 300.0))
+
+
 def test_safe_budgets_batteries_sustainable_power_and_the_grid_cap_only() -> None:
     h = Harness()
     h.plant.want_w.update(dict.fromkeys(INSTRUMENTED, P_MAX_W))
-    h.plant.sources.update({b: {"soc": 0.105} for b in BATTERIES})
+    h.plant.sources.update({b: {"soc": 0.135} for b in BATTERIES})
     normal = h.cycles(8)
     assert normal[-1].state is State.NORMAL
+    assert all(c == pytest.approx(P_MAX_W) for c in caps(normal[-1]).values())
     last_read_s = normal[-1].t_s
-    h.plant.sources.update({b: {"soc": stale(last_read_s, "", 0.105)} for b in BATTERIES})
-    for record in h.cycles(5):
+    h.plant.sources.update({b: {"soc": stale(last_read_s, "", 0.135)} for b in BATTERIES})
+    records = h.cycles(3)
+    h.t_s += 420.0  # a long time in SAFE: the batteries' last charge is worth less and less
+    records += h.cycles(6)
+    for record in records:
         assert record.state is State.SAFE
         assert "every battery lost" in record.reasons[0]
-        # From its last charge, discharging at full power since, over ride_through_s.
-        since = record.t_s - last_read_s
-        soc_now = 0.105 - 500_000.0 * since / 3600.0 / 2e6
-        sustain_w = min(500_000.0, (soc_now - 0.1) * 2e6 * 3600.0 / 300.0)
+        sustain_w = sustainable_w(0.135, record.t_s - last_read_s)
         assert record.params.battery_p_max_w == pytest.approx([sustain_w] * 2)
         assert record.params.battery_p_charge_max_w.tolist() == [0.0, 0.0]
         assert record.inputs.grid_budget_w == 150_000.0
@@ -263,8 +270,30 @@ def test_safe_budgets_batteries_sustainable_power_and_the_grid_cap_only() -> Non
         assert record.setpoints.sources == {}  # and not curtailed either
         assert record.setpoints.batteries == {}  # lost: nothing to write to them
         assert set(record.setpoints.racks) <= set(INSTRUMENTED)
-    # The racks wanted 3 x 120 kW: the budget, not the demand, set the caps.
-    assert float(record.result.rack_cap_w.sum()) < 2 * 120_000.0
+    # At the end the budget, not the racks' 3 x 120 kW demand, sets the caps: tier 3 first.
+    last = records[-1]
+    assert 2 * sustainable_w(0.135, last.t_s - last_read_s) + 150_000.0 < 480_000.0
+    assert caps(last)["r2"] <= min(caps(last)["r1"], caps(last)["r3"])
+    assert sum(caps(last).values()) < 3 * P_MAX_W - STEP_W
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cycle.py Controller.batteries/verify: batteries held at their reserve are "
+    "pinned at the dispatched charge (target = min(0, result.battery_p_w)) and verify() "
+    "keeps them pinned with RENEWABLE_RESERVE of the PV gone, so no point verifies and "
+    "the caps stay at the initial last_verified_w (p_min_w) for good, 750 kW of PV "
+    "charging the batteries while the racks ask for 360 kW",
+    raises=AssertionError,
+)
+def test_racks_are_served_from_renewables_while_both_batteries_are_held() -> None:
+    h = Harness()
+    h.plant.want_w.update(dict.fromkeys(INSTRUMENTED, P_MAX_W))
+    h.plant.sources.update({b: {"soc": 0.105} for b in BATTERIES})  # below the reserve
+    records = h.cycles(30)
+    assert all(r.state is State.NORMAL for r in records)
+    assert any(r.verification.verified for r in records[-10:])
+    assert all(c >= 100_000.0 for c in caps(records[-1]).values())
 
 
 def test_the_watchdog_is_kicked_once_per_completed_cycle_only() -> None:

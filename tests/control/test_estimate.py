@@ -168,8 +168,10 @@ def test_bus_voltage_lost_is_a_safe_reason(site: Site) -> None:
 
 
 def test_one_voltage_left_keeps_the_bus_measured(site: Site) -> None:
-    e = run(site, snapshot(site, T0, sources={"bess-1": {"v_v": stale(T0, "V")},
-                                              "bess-2": {"v_v": 790.0}}))
+    e = run(
+        site,
+        snapshot(site, T0, sources={"bess-1": {"v_v": stale(T0, "V")}, "bess-2": {"v_v": 790.0}}),
+    )
     assert e.safe_reasons == []
     assert e.bus_v_min_v == e.bus_v_max_v == 790.0
 
@@ -307,8 +309,9 @@ def test_a_parked_rack_is_a_fixed_load_at_its_draw_up_to_p_min(site: Site) -> No
 
 def test_a_rack_seen_the_first_time_starts_from_its_bmc_cap(site: Site) -> None:
     memory = Memory()
-    e = run(site, snapshot(site, T0, limits={"r1": 70_000.0, "r2": 10_000.0, "r3": stale(T0)}),
-            memory)
+    e = run(
+        site, snapshot(site, T0, limits={"r1": 70_000.0, "r2": 10_000.0, "r3": stale(T0)}), memory
+    )
     assert e.rack_cap_w[:3].tolist() == [70_000.0, P_MIN_W, P_MAX_W]
     assert all(memory.racks[r].on for r in ("r1", "r2", "r3"))
 

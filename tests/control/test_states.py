@@ -59,9 +59,7 @@ def test_starting_waits_for_every_device_then_leaves_at_once() -> None:
             Row(5.0, State.NORMAL, answered=True),
         ],
     )
-    assert [(t.before, t.after, t.t_s) for t in sm.history] == [
-        (State.STARTING, State.NORMAL, 5.0)
-    ]
+    assert [(t.before, t.after, t.t_s) for t in sm.history] == [(State.STARTING, State.NORMAL, 5.0)]
     assert sm.since_s == 5.0
 
 
