@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import socket
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgectl.errors import InputError, Problem
 
 
 def make_self_signed(
@@ -102,3 +106,28 @@ def application_uri(cert_path: Path) -> str | None:
         return None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
+
+
+def ca_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A TLS client context trusting ca_file (the system's CAs when None); InputError naming
+    the file when it cannot be used."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(
+            [Problem(str(ca_file), "", f"cannot use as a CA file: {reason}")]
+        ) from None
+
+
+def read_secret(path: Path, what: str) -> str:
+    """The text of a secret file (a token, a password); InputError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError([Problem(str(path), "", f"cannot read the {what}: {reason}")]) from None
+    except UnicodeDecodeError:
+        raise InputError([Problem(str(path), "", f"the {what} is not valid UTF-8")]) from None

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
 import random
 import ssl
 import time
@@ -37,6 +36,7 @@ import aiomqtt
 import structlog
 
 from edgectl.errors import DeviceTimeout, DeviceUnreachable, InputError, Problem
+from edgectl.transport.certs import ca_context, read_secret
 from edgectl.transport.uplink_http import Record, is_loopback
 
 __all__ = ["DEFAULT_PORT", "LeaseHandler", "MqttLink"]
@@ -296,23 +296,9 @@ def _check_prefix(name: str, prefix: str) -> None:
 
 
 def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    if ca_file is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=os.fspath(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        problem = Problem(str(ca_file), "", f"cannot use as a CA file: {reason}")
-        raise InputError([problem]) from None
+    return ca_context(ca_file)
 
 
 def _read_password(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputError([Problem(str(path), "", f"cannot read the password: {reason}")]) from None
-    except UnicodeDecodeError:
-        raise InputError([Problem(str(path), "", "the password is not valid UTF-8")]) from None
     # Only the line ending is dropped: spaces may belong to a password.
-    return text.rstrip("\r\n")
+    return read_secret(path, "password").rstrip("\r\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
-import os
 import ssl
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from edgectl.errors import (
     Problem,
     ProtocolError,
 )
+from edgectl.transport.certs import ca_context, read_secret
 
 __all__ = ["DEFAULT_TIMEOUT_S", "HttpSink", "Record", "UplinkStatusError", "is_loopback"]
 
@@ -194,25 +194,11 @@ def _ssl_context(url: str, ca_file: Path | None) -> ssl.SSLContext | bool:
         if ca_file is not None:
             raise InputError([Problem(str(ca_file), "", f"a CA file is only for https, not {url}")])
         return True
-    if ca_file is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=os.fspath(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        problem = Problem(str(ca_file), "", f"cannot use as a CA file: {reason}")
-        raise InputError([problem]) from None
+    return ca_context(ca_file)
 
 
 def _read_token(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputError([Problem(str(path), "", f"cannot read the token: {reason}")]) from None
-    except UnicodeDecodeError:
-        raise InputError([Problem(str(path), "", "the token is not valid UTF-8")]) from None
-    token = text.strip()
+    token = read_secret(path, "token").strip()
     if not token:
         raise InputError([Problem(str(path), "", "the token file is empty")])
     if any(c.isspace() or not c.isprintable() for c in token):
