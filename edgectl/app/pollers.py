@@ -11,10 +11,10 @@ device is an invalid reading, and even a bug in a driver never stops the control
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
+from edgectl.aio import STOP_TIMEOUT_S, cancel_and_wait
 from edgectl.app.clock import Clock
 from edgectl.control.snapshot import DeviceHealth
 from edgectl.drivers.roles import RoleDriver
@@ -46,21 +46,27 @@ class Poller:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"poll-{self.device_id}")
 
+    def take_task(self) -> asyncio.Task[None] | None:
+        """The running task, handed over to whoever stops it (with the others at once)."""
+        task, self._task = self._task, None
+        return task
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task = self.take_task()
+        if task is not None and await cancel_and_wait([task], STOP_TIMEOUT_S):
+            log.error("poller did not stop", device=self.device_id)
 
     async def poll_once(self) -> None:
         """One poll: open if needed, update, and record how it went."""
         self.polls += 1
         try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel (edgectl.aio).
             if not self._opened:
-                await asyncio.wait_for(self.driver.open(), POLL_TIMEOUT_S)
+                async with asyncio.timeout(POLL_TIMEOUT_S):
+                    await self.driver.open()
                 self._opened = True
-            await asyncio.wait_for(self.driver.update(), POLL_TIMEOUT_S)
+            async with asyncio.timeout(POLL_TIMEOUT_S):
+                await self.driver.update()
         except (EdgeError, TimeoutError, OSError) as exc:
             message = _message(exc)
             if isinstance(exc, DeviceError) and not exc.retryable:

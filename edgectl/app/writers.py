@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from edgectl.aio import STOP_TIMEOUT_S, cancel_and_wait
 from edgectl.app.clock import Clock
 from edgectl.config.site import Site
 from edgectl.control.cycle import BatterySetpoint, Setpoints
@@ -72,12 +73,15 @@ class DeviceWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"write-{self.device_id}")
 
+    def take_task(self) -> asyncio.Task[None] | None:
+        """The running task, handed over to whoever stops it (with the others at once)."""
+        task, self._task = self._task, None
+        return task
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task = self.take_task()
+        if task is not None and await cancel_and_wait([task], STOP_TIMEOUT_S):
+            log.error("writer did not stop", device=self.device_id)
 
     async def flush(self, timeout_s: float) -> bool:
         """Write what is wanted now, whether due or not; True if it reached the device."""
@@ -85,7 +89,8 @@ class DeviceWriter:
         if value is None:
             return True
         with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(self._write(value), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await self._write(value)
         return False
 
     def _due(self, value: Wanted) -> bool:
@@ -114,7 +119,9 @@ class DeviceWriter:
 
     async def _write(self, value: Wanted) -> bool:
         try:
-            back = await asyncio.wait_for(self._send(value), WRITE_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel (edgectl.aio).
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                back = await self._send(value)
         except (EdgeError, TimeoutError, OSError, ValueError) as exc:
             return self._failed(str(exc) or type(exc).__name__)
         except Exception as exc:  # a driver bug must not take the loop down
@@ -182,9 +189,13 @@ class Writers:
         for writer in self.by_device.values():
             writer.start()
 
+    def take_tasks(self) -> list[asyncio.Task[None]]:
+        return [t for w in self.by_device.values() if (t := w.take_task()) is not None]
+
     async def stop(self) -> None:
-        for writer in self.by_device.values():
-            await writer.stop()
+        stuck = await cancel_and_wait(self.take_tasks(), STOP_TIMEOUT_S)
+        if stuck:
+            log.error("writers did not stop", tasks=stuck)
 
     async def flush(self, timeout_s: float) -> int:
         """Write every device's latest setpoint now, in parallel; how many did not land."""

@@ -59,7 +59,11 @@ def state_dir_of(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import sys
 
+    import structlog
+
+    from edgectl.aio import STOP_TIMEOUT_S, cancel_others
     from edgectl.app.clock import Clock
     from edgectl.app.daemon import Daemon
     from edgectl.app.logs import configure_logging
@@ -79,6 +83,16 @@ def run(args: argparse.Namespace) -> int:
             status_listen=args.status,
             clock=Clock(args.time_scale),
         )
-        return await daemon.run()
+        code = await daemon.run()
+        # asyncio.run's teardown would wait without end for a library task that ignores its
+        # cancellation; the daemon has saved everything by now, so such a task is left.
+        stuck = await cancel_others(STOP_TIMEOUT_S)
+        if stuck:
+            log = structlog.get_logger("edgectl.run")
+            log.error("tasks ignore cancellation; exiting without them", tasks=stuck)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
     return asyncio.run(main())

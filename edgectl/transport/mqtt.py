@@ -35,6 +35,7 @@ from pathlib import Path
 import aiomqtt
 import structlog
 
+from edgectl.aio import STOP_TIMEOUT_S, cancel_and_wait
 from edgectl.errors import DeviceTimeout, DeviceUnreachable, InputError, Problem
 from edgectl.transport.certs import ca_context, read_secret
 from edgectl.transport.uplink_http import Record, is_loopback
@@ -156,9 +157,7 @@ class MqttLink:
                 await self._publish(self.status_topic, b"offline", retain=True)
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task], STOP_TIMEOUT_S)
 
     async def send(self, record: Record) -> None:
         """Publish one record (QoS 1); returns once the broker acknowledged it."""

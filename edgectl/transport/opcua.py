@@ -36,6 +36,7 @@ from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.crypto import security_policies
 
+from edgectl.aio import STOP_TIMEOUT_S, bounded, cancel_and_wait
 from edgectl.errors import DeviceError, DeviceTimeout, DeviceUnreachable, ProtocolError
 from edgectl.transport.certs import application_uri
 
@@ -224,9 +225,7 @@ class OpcUaClient:
 
     async def close(self) -> None:
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait([self._supervisor], STOP_TIMEOUT_S)
             self._supervisor = None
         await self._drop()
 
@@ -415,9 +414,7 @@ class OpcUaClient:
         if sub is not None and sub.last_publish_at is not None:
             self._confirmed_at = sub.last_publish_at
         if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await cancel_and_wait([pump], STOP_TIMEOUT_S)
         if client is not None:
             await _disconnect(client, self._timeout_s)
 
@@ -425,7 +422,7 @@ class OpcUaClient:
 async def _disconnect(client: Client, timeout_s: float) -> None:
     # Best effort: on a lost connection the CloseSession request cannot succeed.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.disconnect(), timeout_s)
+        await bounded(client.disconnect(), timeout_s)
 
 
 def _detail(error: DeviceError) -> str:

@@ -16,7 +16,6 @@ any other, because skipping the entry would break at-least-once delivery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from edgectl.aio import STOP_TIMEOUT_S, cancel_and_wait
 from edgectl.errors import EdgeError
 from edgectl.uplink.outbox import Entry, Outbox
 
@@ -95,9 +95,7 @@ class Deliverer:
         """Stop the task; an entry in flight is sent again after the next start."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task], STOP_TIMEOUT_S)
 
     def wake(self) -> None:
         """New entries were appended: look for them now."""
