@@ -57,9 +57,11 @@ class StateStore:
         try:
             value = json.loads(row[0])
         except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):  # not JSON, or JSON that is not a document
             log.error("state document corrupt, starting it afresh", key=key)
             return None
-        return value if isinstance(value, dict) else None
+        return value
 
     def save(self, documents: dict[str, dict[str, Any]]) -> bool:
         """Save every document in one transaction; False (logged once) if it failed."""

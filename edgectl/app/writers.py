@@ -61,6 +61,7 @@ class DeviceWriter:
         self.deadband_w = DEADBAND_SHARE * scale_w
         self.status = WriteStatus()
         self._wanted: Wanted | None = None
+        self._in_flight: Wanted | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -94,20 +95,16 @@ class DeviceWriter:
         return False
 
     def _due(self, value: Wanted) -> bool:
+        if self._in_flight is not None:
+            # Compared with what is on its way, not with what the device last took: a value
+            # that went away and came back while a slow write was out must be written again.
+            return _differs(value, self._in_flight, self.deadband_w)
         last = self.status.value
         if last is None or self.status.error:
             return True
         if self.clock.monotonic() - self.status.t_s >= self.refresh_s:
             return True
-        if isinstance(value, BatterySetpoint) or isinstance(last, BatterySetpoint):
-            if not (isinstance(value, BatterySetpoint) and isinstance(last, BatterySetpoint)):
-                return True
-            return (
-                value.mode != last.mode
-                or abs(value.p_w - last.p_w) > self.deadband_w
-                or abs(value.charge_limit_w - last.charge_limit_w) > self.deadband_w
-            )
-        return abs(value - last) > self.deadband_w
+        return _differs(value, last, self.deadband_w)
 
     async def _run(self) -> None:
         while True:
@@ -118,6 +115,7 @@ class DeviceWriter:
                 await self._write(value)
 
     async def _write(self, value: Wanted) -> bool:
+        self._in_flight = value
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel (edgectl.aio).
             async with asyncio.timeout(WRITE_TIMEOUT_S):
@@ -127,6 +125,8 @@ class DeviceWriter:
         except Exception as exc:  # a driver bug must not take the loop down
             log.exception("write raised", device=self.device_id)
             return self._failed(f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._in_flight = None
         if not back.valid:
             return self._failed(f"read back invalid: {back.reason}")
         if self.status.error:
@@ -203,3 +203,16 @@ class Writers:
             *(w.flush(timeout_s) for w in self.by_device.values()), return_exceptions=True
         )
         return sum(1 for r in results if r is not True)
+
+
+def _differs(value: Wanted, last: Wanted, deadband_w: float) -> bool:
+    """Whether `value` is a different setpoint from `last` (beyond the deadband)."""
+    if isinstance(value, BatterySetpoint) or isinstance(last, BatterySetpoint):
+        if not (isinstance(value, BatterySetpoint) and isinstance(last, BatterySetpoint)):
+            return True
+        return (
+            value.mode != last.mode
+            or abs(value.p_w - last.p_w) > deadband_w
+            or abs(value.charge_limit_w - last.charge_limit_w) > deadband_w
+        )
+    return abs(value - last) > deadband_w

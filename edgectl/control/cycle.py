@@ -320,13 +320,23 @@ class Controller:
         sources: dict[str, float] = {
             s.id: keep * float(result.renewable_p_w[i]) for i, s in enumerate(self._renewables)
         }
-        pinned: set[str] = set()
-        for bid, setpoint in batteries.items():
-            if setpoint.mode == "hold":
-                pinned.add(bid)
-                sources[bid] = setpoint.p_w
+        # A battery held at its reserve and charging takes part of the surplus; with the
+        # renewables short its charge is the first to give (the next cycle lowers it, a held
+        # setpoint moving up at once), before any rack's cap, which follows its ramp. In the
+        # point the grid tie covers at most half its headroom of the shortfall and the held
+        # batteries' charge, in proportion, the rest: a margin both ways, neither a deficit
+        # beyond the tie nor a surplus that nothing absorbs (an import-only tie, every
+        # battery held).
+        shortfall = RENEWABLE_RESERVE * float(result.renewable_p_w.sum())
+        headroom = max(0.0, self.site.control.grid_import_max_w - float(result.grid_p_w.sum()))
+        held = {b: sp.p_w for b, sp in batteries.items() if sp.mode == "hold"}
+        charging = -sum(min(0.0, p) for p in held.values())
+        give = max(0.0, shortfall - 0.5 * headroom)
+        relief = min(1.0, give / charging) if charging > 0.0 else 0.0
+        for bid, p_w in held.items():
+            sources[bid] = p_w * (1.0 - relief) if p_w < 0.0 else p_w
         return self.verifier.verify(
-            draw, on, sources, frozenset(pinned), floor_w=np.minimum(floor, draw)
+            draw, on, sources, frozenset(held), floor_w=np.minimum(floor, draw)
         )
 
     def setpoints(

@@ -12,9 +12,10 @@ each rack's bus lowers the violated bus voltage, or adds to the overloaded line'
 not at a limit, and a rack's current P / V). Tier 3 racks are reduced first, then 2, 1, 0;
 within a tier the most effective rack first, down to its floor (its p_min_w, or what its
 ramp allows). Too much voltage is not the racks' doing; it is reported and left to
-curtailment and the batteries. A converter at its current limit is within its limits (it
-then supplies a constant current and the other converters hold the bus); it is noted,
-and the voltages say whether the point holds.
+curtailment and the batteries, and so is a surplus that nothing absorbs (no operating
+point: it is not verified, and no rack is cut for it). A converter at its current limit is
+within its limits (it then supplies a constant current and the other converters hold the
+bus); it is noted, and the voltages say whether the point holds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
 from edgectl.config.site import Site
-from edgectl.kernels.powerflow import FloatArray, PowerFlowResult, bus_sum
+from edgectl.kernels.powerflow import FloatArray, PowerFlowResult, Status, bus_sum
 from edgectl.model.network import SiteNetwork, build_network
 
 MAX_PASSES = 6
@@ -130,6 +131,10 @@ class Verifier:
                 return self._done(
                     caps, floor, rack_cap_w, result, passes, messages, notes, reductions, True
                 )
+            if result.status is Status.SURPLUS:
+                # More injected than anything absorbs: fewer racks only make it worse. Not
+                # verified; curtailment and the batteries are what can fix it.
+                break
             if not result.converged:
                 # No stable point: scale the reducible load down to what the network carried.
                 share = 0.9 * (result.loadability or 0.5)

@@ -44,6 +44,11 @@ CONTINUATION_MIN_STEP = 1.0 / 256
 FLAT_BELOW_REF = 1e-4
 # Iterates below this fraction of the nominal voltage are rejected: the bus has collapsed.
 V_FLOOR_PU = 0.1
+# A "solution" with a bus above this many times its nominal voltage is none: with more power
+# injected than the converters can absorb, the current mismatch (P / V) also vanishes as the
+# voltage runs off to infinity, and Newton can follow it there. No voltage band admits it
+# (v_max_pu < 2).
+V_RUNAWAY_PU = 2.0
 
 
 class Status(enum.IntEnum):
@@ -52,6 +57,9 @@ class Status(enum.IntEnum):
     CONVERGED = 0
     MAX_ITER = 1  # no convergence within the iteration limit, no sign of collapse
     COLLAPSE = 2  # no stable solution: beyond the voltage-collapse nose, or bus not held
+    # Set by PowerFlow.solve, never by a kernel: more power injected than the converters can
+    # absorb; no operating point, the bus voltage runs away.
+    SURPLUS = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ class Topology:
     def droop_capacity_w(self) -> float:
         """Upper bound of what the droop converters can inject: i_max at v_ref."""
         return float(np.maximum(self.droop_i_max_a, 0.0) @ self.droop_v_ref_v)
+
+    @property
+    def droop_absorb_w(self) -> float:
+        """What the droop converters can take from the bus: -i_min at v_ref."""
+        return float(np.maximum(-self.droop_i_min_a, 0.0) @ self.droop_v_ref_v)
 
     @property
     def n_bus(self) -> int:
@@ -148,6 +161,12 @@ class PowerFlowResult:
                 "no stable operating point: the load is beyond the voltage-collapse limit "
                 "of the network" + carried
             )
+        if self.status is Status.SURPLUS:
+            return (
+                f"no operating point: a surplus of {-self.net_load_w / 1e3:.1f} kW that the "
+                "converters cannot absorb (they take at most "
+                f"{self.topology.droop_absorb_w / 1e3:.1f} kW); the bus voltage runs away"
+            )
         return f"did not converge in {self.iterations} iterations"
 
 
@@ -213,6 +232,7 @@ class PowerFlow:
             ref_pu = topology.droop_v_ref_v[supplying] / v_nom[topology.droop_bus[supplying]]
             self._flat = v_nom * float(ref_pu.max()) * (1.0 - FLAT_BELOW_REF)
         self._v_floor = V_FLOOR_PU * float(v_nom.min())
+        self._v_runaway = V_RUNAWAY_PU * float(v_nom.max())
         self._i_nominal = 1.0 / v_nom
         # Round-off floor of the mismatch: |G_kk| V is the largest term summed at a bus.
         diag = bus_sum(topology.line_from, line_g, n) + bus_sum(topology.line_to, line_g, n)
@@ -241,6 +261,11 @@ class PowerFlow:
         loadability = 1.0 if status == Status.CONVERGED else None
         if status != Status.CONVERGED:
             iterations, status, margin, loadability = self._continuation(s, tol, max_iter)
+        surplus_w = float(s.sum())  # injected beyond the constant-power loads
+        if (
+            status == Status.CONVERGED and float(self._solver.v_out.max()) > self._v_runaway
+        ) or (status != Status.CONVERGED and surplus_w > self.topology.droop_absorb_w):
+            status, loadability = int(Status.SURPLUS), None
         result = PowerFlowResult(
             status=Status(status),
             iterations=iterations,

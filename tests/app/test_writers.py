@@ -107,13 +107,6 @@ async def test_only_the_newest_pending_setpoint_is_written_to_a_slow_device() ->
         await w.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writers.py DeviceWriter.submit: _due() compares the new value with the last "
-    "acknowledged one, not the one in flight, so a value back near it (within the deadband) "
-    "does not wake the task and is not written once the slow write lands",
-    raises=AssertionError,
-)
 async def test_the_newest_setpoint_is_written_after_a_slow_write_even_if_it_returns() -> None:
     t = [0.0]
     driver = FakeCapped()

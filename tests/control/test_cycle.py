@@ -277,15 +277,6 @@ def test_safe_budgets_batteries_sustainable_power_and_the_grid_cap_only() -> Non
     assert sum(caps(last).values()) < 3 * P_MAX_W - STEP_W
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cycle.py Controller.batteries/verify: batteries held at their reserve are "
-    "pinned at the dispatched charge (target = min(0, result.battery_p_w)) and verify() "
-    "keeps them pinned with RENEWABLE_RESERVE of the PV gone, so no point verifies and "
-    "the caps stay at the initial last_verified_w (p_min_w) for good, 750 kW of PV "
-    "charging the batteries while the racks ask for 360 kW",
-    raises=AssertionError,
-)
 def test_racks_are_served_from_renewables_while_both_batteries_are_held() -> None:
     h = Harness()
     h.plant.want_w.update(dict.fromkeys(INSTRUMENTED, P_MAX_W))

@@ -283,13 +283,6 @@ def import_only_tie() -> Site:
     return validate_site_dict(data, "<verify test>")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify.py Verifier.verify: when the point does not converge it scales the "
-    "reducible racks down whatever the cause; with 200 kW of PV, a 120 kW rack and an "
-    "import-only tie the point has a surplus, and the cut (to 36.4 kW) only makes it worse",
-    raises=AssertionError,
-)
 def test_a_surplus_nothing_can_absorb_is_not_fixed_by_cutting_racks() -> None:
     site = import_only_tie()
     v = verify(site, [P_MAX_W], pv_w=200_000.0)
@@ -298,13 +291,6 @@ def test_a_surplus_nothing_can_absorb_is_not_fixed_by_cutting_racks() -> None:
     assert v.rack_cap_w.tolist() == [P_MAX_W]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernels/powerflow.py (compiled NewtonSolver): a 94 kW surplus with an "
-    "import-only tie is reported CONVERGED at 2.77e9 V (the NumPy reference says COLLAPSE), "
-    "and Verifier.verify then counts the point as verified, overvoltage not being a rack target",
-    raises=AssertionError,
-)
 def test_a_point_is_never_verified_with_the_bus_far_outside_the_band() -> None:
     site = import_only_tie()
     v = verify(site, [P_MIN_W], reducible=[False], pv_w=130_000.0)

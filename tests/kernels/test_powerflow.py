@@ -175,6 +175,32 @@ def test_demand_beyond_converter_current_limits_has_no_solution(implementation: 
     assert "current limits" in res.message
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("absorb_a", [0.0, 50.0])
+def test_a_surplus_beyond_what_the_converters_absorb_has_no_solution(
+    implementation: str, absorb_a: float
+) -> None:
+    # Every converter can take at most absorb_a (0: import-only ties): a PV surplus above
+    # that has no operating point, however far the voltage goes (where P / V vanishes).
+    case = synthetic_case(20, seed=3)
+    topo = dataclasses.replace(
+        case.topology, droop_i_min_a=np.full_like(case.topology.droop_i_min_a, -absorb_a)
+    )
+    pf = PowerFlow(topo, implementation=implementation)  # type: ignore[arg-type]
+    surplus = topo.droop_absorb_w + 90_000.0
+    s = np.zeros(20)
+    s[5] = surplus
+    res = pf.solve(s)
+    assert res.status is Status.SURPLUS and not res.converged
+    assert f"a surplus of {surplus / 1e3:.1f} kW" in res.message
+    # Within what they absorb it solves, in the band's neighbourhood.
+    s[5] = 0.5 * topo.droop_absorb_w
+    within = pf.solve(s)
+    if absorb_a > 0:
+        check_physics(topo, s, within)
+        assert within.v_v.max() < 1.2 * 800.0
+
+
 def test_low_voltage_branch_is_not_reported_as_converged() -> None:
     # Two buses: a stiff droop source and a constant-power load. Both branches of the
     # quadratic solve the equations; starting on the low branch must not be accepted.
