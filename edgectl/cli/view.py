@@ -136,6 +136,9 @@ def _supply(doc: dict[str, Any]) -> RenderableType:
         table.add_row("sources", _UNKNOWN, Text("none reported", style="dim"), "")
     table.add_row("Bus", *_bus(_dict(doc.get("bus"))))
     table.add_row("Green", *_green(green))
+    upstream = _uplink(_dict(doc.get("uplink")))
+    if upstream is not None:
+        table.add_row("Upstream", *upstream)
 
     lines: list[RenderableType] = [table]
     silent = [
@@ -232,6 +235,23 @@ def _green(green: dict[str, Any]) -> list[Text]:
     over = f"over {_duration(window)}" if window is not None else "rolling"
     against = Text(f"{over}, minimum {_percent(minimum)}")
     notes = Text("below the minimum", style="red") if below else Text("")
+    return [value, against, notes]
+
+
+def _uplink(uplink: dict[str, Any]) -> list[Text] | None:
+    """Each sink's backlog: what the scheduler and the broker have not acknowledged yet."""
+    sinks = {name: _dict(v) for name, v in uplink.items() if isinstance(v, dict)}
+    if not sinks:
+        return None
+    behind = {name: _int(s.get("backlog")) for name, s in sinks.items()}
+    waiting = sum(b for b in behind.values() if b)
+    value = Text(f"{waiting} queued", style="yellow" if waiting else "green")
+    against = Text(
+        ", ".join(f"{name} {_count(behind[name])}" for name in sinks)
+        + f"; last seq {_count(_int(uplink.get('last_seq')))}"
+    )
+    errors = [f"{name}: {e}" for name, s in sinks.items() if (e := _str(s.get("last_error")))]
+    notes = Text("; ".join(errors), style="yellow") if errors else Text("")
     return [value, against, notes]
 
 

@@ -530,3 +530,17 @@ def test_the_view_copes_with_unknown_values() -> None:
             plain(render_status(document), width)
     text = plain(render_status(nulled(STATUS)), 100)
     assert "state unknown" in text and "cycle -" in text
+
+
+def test_the_upstream_backlog_and_its_error_are_shown() -> None:
+    uplink = {
+        "last_seq": 812,
+        "http": {"backlog": 37, "delivered": 775, "last_error": "scheduler: connection refused"},
+        "mqtt": {"backlog": 0, "delivered": 812, "last_error": None},
+    }
+    text = plain(render_status({**STATUS, "uplink": uplink}), 100)
+    line = next(x for x in text.splitlines() if "Upstream" in x)
+    assert "37 queued" in line and "http 37, mqtt 0; last seq 812" in line
+    assert "http: scheduler: connection refused" in text
+    # A daemon with no scheduler and no broker configured has no such line.
+    assert "Upstream" not in plain(render_status({**STATUS, "uplink": {"last_seq": 3}}), 100)

@@ -5,19 +5,17 @@ restart in the middle of a stream of records."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from uplink_peers import Broker, child_env, free_port
+from uplink_peers import Broker, Watcher, child_env, free_port
 
 from edgectl.errors import DeviceUnreachable, InputError
 from edgectl.transport.mqtt import MqttLink
@@ -61,52 +59,6 @@ async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
-
-
-@dataclass
-class Watcher:
-    """A subscriber of the fleet, as the scheduler's side runs one."""
-
-    port: int
-    topics: list[str]
-    client_id: str | None = None
-    persistent: bool = False  # keep the session (and its queue) across reconnects
-    messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
-    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Watcher:
-        self._task = asyncio.create_task(self._run())
-        async with asyncio.timeout(10):
-            await self.subscribed.wait()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1",
-                    self.port,
-                    identifier=self.client_id,
-                    clean_session=not self.persistent,
-                ) as client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self.subscribed.set()
-                    async for m in client.messages:
-                        payload = m.payload if isinstance(m.payload, bytes) else b""
-                        self.messages.append((str(m.topic), payload, m.retain))
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.02)
-
-    def on(self, topic: str) -> list[bytes]:
-        return [p for t, p, _ in self.messages if t == topic]
 
 
 @pytest.fixture

@@ -1,8 +1,11 @@
 """Peers and helpers of the uplink tests: free loopback ports, a certificate authority made
-on the spot, a real mosquitto broker the test starts and stops, child processes."""
+on the spot, a real mosquitto broker the test starts and stops and a subscriber of it,
+child processes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -11,9 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -181,3 +185,49 @@ class Broker:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@dataclass
+class Watcher:
+    """A subscriber of the fleet, as the scheduler's side runs one."""
+
+    port: int
+    topics: list[str]
+    client_id: str | None = None
+    persistent: bool = False  # keep the session (and its queue) across reconnects
+    messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watcher:
+        self._task = asyncio.create_task(self._run())
+        async with asyncio.timeout(10):
+            await self.subscribed.wait()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    self.port,
+                    identifier=self.client_id,
+                    clean_session=not self.persistent,
+                ) as client:
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
+                    self.subscribed.set()
+                    async for m in client.messages:
+                        payload = m.payload if isinstance(m.payload, bytes) else b""
+                        self.messages.append((str(m.topic), payload, m.retain))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.02)
+
+    def on(self, topic: str) -> list[bytes]:
+        return [p for t, p, _ in self.messages if t == topic]
