@@ -16,41 +16,13 @@ import aiohttp
 import aiomqtt
 import jsonschema
 import pytest
-from aiohttp import web
 from e2e_bench import FAST_DAEMON, bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "uplink"))
-from uplink_peers import Broker, free_port
+from uplink_peers import Broker, Scheduler
 
 from edgectl.app.openapi import schema
 from edgectl.cli import main
-
-
-class Scheduler:
-    """A scheduler's report endpoint on 127.0.0.1 that can go away and come back."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.received: list[dict[str, Any]] = []
-        self.tokens: set[str] = set()
-        self._runner: web.AppRunner | None = None
-
-    async def _post(self, request: web.Request) -> web.Response:
-        self.tokens.add(request.headers.get("Authorization", ""))
-        self.received.append(await request.json())
-        return web.json_response({"ok": True})
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/reports", self._post)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 async def test_reports_leases_outage_and_audit(

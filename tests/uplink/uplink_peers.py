@@ -1,6 +1,6 @@
 """Peers and helpers of the uplink tests: free loopback ports, a certificate authority made
-on the spot, a real mosquitto broker the test starts and stops and a subscriber of it,
-child processes."""
+on the spot, a real mosquitto broker the test starts and stops and a subscriber of it, a
+scheduler's report endpoint, child processes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -231,3 +233,38 @@ class Watcher:
 
     def on(self, topic: str) -> list[bytes]:
         return [p for t, p, _ in self.messages if t == topic]
+
+
+class Scheduler:
+    """A scheduler's report endpoint on 127.0.0.1 that can go away and come back."""
+
+    def __init__(self, *, delay_s: float = 0.0) -> None:
+        self.port = free_port()
+        self.delay_s = delay_s  # before each answer: a slow scheduler, deliveries in flight
+        self.received: list[dict[str, Any]] = []
+        self.tokens: set[str] = set()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/reports"
+
+    async def _post(self, request: web.Request) -> web.Response:
+        self.tokens.add(request.headers.get("Authorization", ""))
+        body = await request.json()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        self.received.append(body)
+        return web.json_response({"ok": True})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/reports", self._post)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
