@@ -9,7 +9,8 @@
                completed one; counters saved every SAVE_EVERY_S
     SIGHUP     the site file is loaded again between two cycles; an invalid file is logged
                and the running config stays; a valid one replaces the devices and the
-               controller, keeping its state, counters and memory
+               controller, keeping its state, counters and memory, and reconnects the
+               upstream links if [uplink] changed, keeping the outbox, leases and ledger
     SIGTERM    STOPPING=1, one last cycle in STOPPING (SAFE caps), its setpoints written
                with a deadline, counters saved, exit 0; all within STOP_BUDGET_S
 
@@ -53,6 +54,8 @@ from edgectl.errors import EdgeError, InputError
 STOP_BUDGET_S = 4.0
 FINAL_WRITE_S = 2.5
 SUMMARY_EVERY_S = 60.0
+# A reload waits at most this many periods for the new devices' first answers.
+RELOAD_WAIT_PERIODS = 3.0
 
 log = structlog.get_logger("edgectl.daemon")
 
@@ -254,6 +257,7 @@ class Daemon:
                 self._reload = False
                 await self._do_reload()
                 period = self.site.control.period_s
+                due = max(due, self.clock.monotonic())  # the pause of a reload is no overrun
             now = self.clock.monotonic()
             late = now - due
             if late > period:
@@ -324,6 +328,7 @@ class Daemon:
         try:
             site = load_site(self.site_file)
             io = _Io(site, self.site_file, self.clock)
+            links = self.upstream.links_for(site, self.site_file)
         except EdgeError as exc:
             log.error(
                 "reload rejected; running config kept",
@@ -341,8 +346,22 @@ class Daemon:
         self.controller.adopt(old)
         self.records = deque(self.records, maxlen=site.daemon.recorder_cycles)
         io.start()
-        log.info("reloaded", site_file=self.site_file, devices=len(io.drivers))
+        await self._first_answers(io)
+        upstream = await self.upstream.reconfigure(
+            site, links, pollers=io.pollers, writers=io.writers.by_device
+        )
+        log.info(
+            "reloaded", site_file=self.site_file, devices=len(io.drivers), upstream=upstream
+        )
         self.notifier.ready(f"{self.controller.state.name}, reloaded")
+
+    async def _first_answers(self, io: _Io) -> None:
+        """Wait until the new devices have answered once, RELOAD_WAIT_PERIODS at most: the
+        new pollers start empty, and a cycle on them would take every input for lost and
+        go SAFE for a reload. The setpoints written last stay in force meanwhile."""
+        deadline = self.clock.monotonic() + RELOAD_WAIT_PERIODS * self.site.control.period_s
+        while not io.all_answered() and self.clock.monotonic() < deadline:
+            await asyncio.sleep(self.clock.real_s(self.site.control.period_s) / 20.0)
 
     async def _shutdown(self) -> None:
         """STOPPING: the last SAFE setpoints written, counters saved."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -58,6 +58,13 @@ log = structlog.get_logger("edgectl.uplink")
 MAX_COUNTED_PERIODS = 5.0
 
 
+class Links(NamedTuple):
+    """The transports of [uplink]: either may be absent."""
+
+    http: HttpSink | None
+    mqtt: MqttLink | None
+
+
 class Upstream:
     """Reports, leases, ledger, metrics and delivery of one daemon."""
 
@@ -77,9 +84,24 @@ class Upstream:
         self.accounts = accounts
         self._pollers = pollers
         self._writers = writers
+        self.state_dir = state_dir
+        self._use(self.links_for(site, site_file))
+        capacities = {s.id: s.capacity_wh or 0.0 for s in site.sources_of("bess")}
+        self.ledger = Ledger.open(state_dir, site.site.id, battery_capacity_wh=capacities)
+        self.forecaster = Forecaster(renewable_rating_w(site))
+        self.schedule = ReportSchedule(site.uplink.report_period_s)
+        self.leases = LeaseBook(site, clock)
+        self.metrics = Metrics(site, devices=self._device_counts, green_share=self._green_share)
+        self.last: CycleRecord | None = None
+        self.report: dict[str, Any] | None = None
+        self._last_wall_s: float | None = None
+
+    def links_for(self, site: Site, site_file: str) -> Links:
+        """The HTTP sink and the MQTT link [uplink] asks for, not connected; an EdgeError
+        naming the setting when one cannot be built (a missing token file, say)."""
         base = Path(site_file).parent
         up = site.uplink
-        self.http = (
+        http = (
             HttpSink(
                 up.scheduler_url,
                 token_file=base / up.token_file if up.token_file else None,
@@ -88,7 +110,7 @@ class Upstream:
             if up.scheduler_url
             else None
         )
-        self.mqtt = (
+        mqtt = (
             MqttLink(
                 up.mqtt_host,
                 up.mqtt_port,
@@ -102,24 +124,48 @@ class Upstream:
             if up.mqtt_host
             else None
         )
+        return Links(http, mqtt)
+
+    def _use(self, links: Links) -> None:
+        """Open the outbox with a cursor per link and a deliverer for each (not started)."""
+        self.http, self.mqtt = links.http, links.mqtt
         sinks = [name for name, sink in (("http", self.http), ("mqtt", self.mqtt)) if sink]
         # Without a sink the records still go somewhere durable: the "archive" sink is
         # never delivered to, and the outbox's own policy bounds it.
-        self.outbox = Outbox(state_dir / "outbox.sqlite", sinks=sinks or ["archive"])
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", sinks=sinks or ["archive"])
         self.deliverers: list[Deliverer] = []
         if self.http is not None:
             self.deliverers.append(Deliverer(self.outbox, "http", self.http.send))
         if self.mqtt is not None:
             self.deliverers.append(Deliverer(self.outbox, "mqtt", self.mqtt.send))
-        capacities = {s.id: s.capacity_wh or 0.0 for s in site.sources_of("bess")}
-        self.ledger = Ledger.open(state_dir, site.site.id, battery_capacity_wh=capacities)
-        self.forecaster = Forecaster(renewable_rating_w(site))
-        self.schedule = ReportSchedule(up.report_period_s)
-        self.leases = LeaseBook(site, clock)
-        self.metrics = Metrics(site, devices=self._device_counts, green_share=self._green_share)
-        self.last: CycleRecord | None = None
-        self.report: dict[str, Any] | None = None
-        self._last_wall_s: float | None = None
+
+    async def reconfigure(
+        self,
+        site: Site,
+        links: Links,
+        *,
+        pollers: dict[str, Poller],
+        writers: dict[str, DeviceWriter],
+    ) -> list[str]:
+        """Take a reloaded site file (SIGHUP; `links` from links_for() on it) without losing
+        a record, a lease or the ledger: the new devices are counted, changed [uplink]
+        settings reconnect (what is queued stays queued: the outbox is the same file), a
+        lease on a rack the site no longer has ends. What changed, for the log."""
+        old, changed = self.site, []
+        self.site, self._pollers, self._writers = site, pollers, writers
+        if site.uplink != old.uplink:
+            await self.stop()
+            self.outbox.close()
+            self._use(links)
+            self.schedule = ReportSchedule(site.uplink.report_period_s)
+            await self.start()
+            changed.append("uplink")
+        if site.racks != old.racks or site.sources != old.sources:
+            ended = self.leases.retarget(site)
+            self.metrics = Metrics(site, devices=self._device_counts, green_share=self._green_share)
+            self.forecaster.rating_w = renewable_rating_w(site)
+            changed.append("racks and sources" + (f" (leases ended: {ended})" if ended else ""))
+        return changed
 
     def floors(self, now_s: float) -> dict[str, float]:
         """The leases' power per rack, for dispatch."""

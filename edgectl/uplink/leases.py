@@ -172,6 +172,17 @@ class LeaseBook:
         self._ended: list[Lease] = []  # past expiry, not yet returned by expire()
         self._seq = 0
 
+    def retarget(self, site: Site) -> list[str]:
+        """Take a reloaded site: the leases keep running, but one that holds power on a rack
+        the site no longer has ends now (reported by the next expire()); their ids."""
+        self.site = site
+        self._racks = {r.id: r for r in site.racks}
+        gone = [x for x in self._leases.values() if not set(x.racks) <= set(self._racks)]
+        for lease in gone:
+            del self._leases[lease.id]
+            self._ended.append(lease)
+        return [x.id for x in gone]
+
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq

@@ -142,3 +142,45 @@ async def test_kill_9_while_delivering_a_backlog_loses_nothing(tmp_path: Path) -
             await scheduler.stop()
     assert len(scheduler.received) > got_before_kill
     check_nothing_lost(scheduler.received, 1, last)
+
+
+async def test_a_reload_moves_reports_to_the_new_scheduler_keeping_queue_and_leases(
+    tmp_path: Path,
+) -> None:
+    first, second = Scheduler(), Scheduler()
+    await second.start()  # the first one is down: its reports wait in the outbox
+    try:
+        async with bench(tmp_path, extra=uplink(first)) as b:
+            await b.run_until(20.0)
+            assert b.daemon.upstream.outbox.backlog("http") >= 3
+            assert b.daemon.api is not None
+            ask = {"id": "job-7", "tier": 3, "p_w": 30_000.0, "duration_s": 600.0}
+            code, granted = b.daemon.upstream.request_lease(ask)
+            assert code == 200 and granted["state"] == "granted", granted
+            text = b.site_file.read_text(encoding="utf-8")
+            # A file the uplink cannot use is refused as a whole: the old link stays.
+            b.site_file.write_text(
+                text.replace(first.url, second.url).replace(
+                    "[uplink]\n", '[uplink]\ntoken_file = "no-such-token"\n'
+                ),
+                encoding="utf-8",
+            )
+            b.daemon.request_reload()
+            await b.run_until(b.sim.t_s + 3.0)
+            assert b.daemon.site.uplink.scheduler_url == first.url
+            assert not second.received
+            b.site_file.write_text(text.replace(first.url, second.url), encoding="utf-8")
+            b.daemon.request_reload()
+            await b.run_until(b.sim.t_s + 3.0)
+            assert b.daemon.site.uplink.scheduler_url == second.url
+            # A reload is no reason for SAFE: the new devices answer before a cycle runs.
+            assert "SAFE" not in {r.state.name for r in b.records}
+            box = b.daemon.upstream.outbox  # the same file, opened again for the new sink
+            await until(lambda: box.backlog("http") <= 1, 30.0, "the queue at the new one")
+            last = box.last_seq - 1
+            leases = b.daemon.upstream.leases_document()["leases"]
+            assert [x["id"] for x in leases] == ["job-7"]  # the lease lived through both
+    finally:
+        await second.stop()
+    # What was queued for the old scheduler went to the new one: everything, in order.
+    check_nothing_lost(second.received, 1, last)
