@@ -92,7 +92,8 @@ class DeviceWriter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 return await self._write(value)
-        return False
+        # Cut short by the deadline: say so, or the status would show the last good write.
+        return self._failed(f"no answer within {timeout_s:g} s (last setpoint before stopping)")
 
     def _due(self, value: Wanted) -> bool:
         if self._in_flight is not None:

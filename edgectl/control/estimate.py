@@ -287,13 +287,18 @@ def estimate(
         lag_w = rack.ramp_w_per_s * site.control.period_s
         if _ignores_limit(rmem, p, lag_w, now, site.daemon.recover_s):
             fixed[i] = rack.p_max_w
-            problems.append(
-                Problem(
-                    rack.id,
+            if rmem.complied_since_s is None:
+                text = (
                     f"draws {p / 1e3:,.1f} kW above its cap {rmem.cap_w / 1e3:,.1f} kW: "
-                    "counts as drawing p_max_w",
+                    "counts as drawing p_max_w"
                 )
-            )
+            else:  # within its cap again, but not yet for recover_s
+                kept = now - rmem.complied_since_s
+                text = (
+                    f"ignored its cap, within it again for {kept:,.0f} of "
+                    f"{site.daemon.recover_s:g} s: counts as drawing p_max_w until then"
+                )
+            problems.append(Problem(rack.id, text))
             continue
         peak = max(rmem.draws)
         want = rack.p_max_w if peak >= HELD_SHARE * rmem.ceiling_w else peak * DEMAND_MARGIN

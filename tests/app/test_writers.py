@@ -253,6 +253,9 @@ async def test_flush_reports_a_device_that_misses_its_deadline() -> None:
     started = loop.time()
     assert await w.flush(0.05) is False
     assert loop.time() - started < 1.0
+    # The status says it, not the last good write.
+    assert w.status.error == "no answer within 0.05 s (last setpoint before stopping)"
+    assert w.status.failures == 1
 
 
 async def test_writers_route_setpoints_by_device_and_count_flush_misses() -> None:

@@ -242,6 +242,15 @@ def test_a_rack_above_its_ceiling_for_n_cycles_is_fixed_at_p_max_until_it_compli
         assert bool(e.rack_fixed_w[i] == P_MAX_W) is ignoring, (t, draw)
         assert bool(e.rack_controllable[i]) is not ignoring, (t, draw)
         assert any(p.element == "r3" for p in e.problems) is ignoring, (t, draw)
+        text = " ".join(p.reason for p in e.problems if p.element == "r3")
+        if ignoring and draw > 50_000.0:
+            assert "draws 100.0 kW above its cap 50.0 kW" in text, text
+        elif ignoring:  # complying again: the text must not say it draws above its cap
+            kept = t - (T0 + 5)
+            assert text == (
+                f"ignored its cap, within it again for {kept:,.0f} of {site_recover_s:g} s: "
+                "counts as drawing p_max_w until then"
+            ), text
 
 
 def test_a_rack_just_within_the_allowed_lag_is_not_taken_as_ignoring(site: Site) -> None:
